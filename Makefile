@@ -1,0 +1,63 @@
+# Two commands matter: `make book` and `make test`. Both set up .venv first (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BOOK_FLAGS := -W -n --keep-going
+SOURCES := transformer_lib tools tests chapters benchmarks
+
+.PHONY: help setup book book-clean test lint check-export check-notebooks pytest export lab clean bench
+
+help:
+	@echo "make book    build the HTML book into _build/html"
+	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build)"
+	@echo "make lab     open JupyterLab on the repository"
+	@echo "make export  regenerate transformer_lib/ from the chapters"
+	@echo "make bench   print benchmark tables"
+	@echo "make clean   remove build outputs (keeps .venv)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required, found " + sys.version.split()[0]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+book: setup
+	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	@echo
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+book-clean: setup
+	rm -rf _build
+	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+
+lint: setup
+	$(BIN)/ruff check $(SOURCES)
+
+check-export: setup
+	$(BIN)/python tools/export.py --check
+
+check-notebooks: setup
+	$(BIN)/python tools/notebooks.py --check
+
+pytest: setup
+	$(BIN)/python -m pytest -n 2 --dist loadscope
+
+test: lint check-export check-notebooks pytest book-clean
+	@echo "make test: all checks passed"
+
+export: setup
+	$(BIN)/python tools/export.py
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=.
+
+bench: setup
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
