@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
-SOURCES := transformer_lib tools tests chapters benchmarks
+SOURCES := transformer_lib tools tests chapters benchmarks book/_ext
 
 .PHONY: help setup book book-clean test lint check-export check-notebooks pytest export lab clean bench
 
@@ -27,12 +27,14 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: setup
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(BIN)/python tools/check_html.py
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
 book-clean: setup
 	rm -rf _build
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
+	$(BIN)/python tools/check_html.py
 
 lint: setup
 	$(BIN)/ruff check $(SOURCES)

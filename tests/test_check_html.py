@@ -1,0 +1,30 @@
+"""tools/check_html.py: the built book loads nothing from other servers and shows no blank widget."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("check_html_tool", ROOT / "tools" / "check_html.py")
+check_html = importlib.util.module_from_spec(spec)
+sys.modules["check_html_tool"] = check_html
+spec.loader.exec_module(check_html)
+
+
+def test_flags_cdn_scripts_and_widgets_but_not_links(tmp_path):
+    (tmp_path / "ok.html").write_text(
+        '<a href="https://arxiv.org/abs/1706.03762">paper</a>'
+        '<script src="_static/vendor/mathjax/tex-svg.js"></script>'
+    )
+    (tmp_path / "bad.html").write_text(
+        '<script defer="defer" src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<script type="application/vnd.jupyter.widget-view+json">{}</script>'
+    )
+    found = check_html.problems(tmp_path)
+    assert len(found) == 2
+    assert found[0] == "bad.html: loads https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js from another server"
+    assert "bad.html: shows a widget" in found[1]
+
+
+def test_an_empty_build_is_a_problem(tmp_path):
+    assert check_html.problems(tmp_path) == [f"no HTML pages under {tmp_path}: build the book first"]

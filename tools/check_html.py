@@ -1,0 +1,53 @@
+"""Check the built book: nothing loads from another server, and no widget is left blank.
+
+The rendered book must work offline and must not show empty widget areas (widgets
+need a live kernel; chapters show a static figure first and tag widget cells
+``remove-output``). Run after ``jupyter-book build``.
+
+Usage::
+
+    python tools/check_html.py [_build/html]
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# <script src=...>, <link href=...>, <img src=...> load resources; plain <a href=...> links are fine.
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"")
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def problems(html_dir: Path) -> list[str]:
+    pages = [p for p in sorted(html_dir.rglob("*.html")) if "_static" not in p.parts]
+    if not pages:
+        return [f"no HTML pages under {html_dir}: build the book first"]
+    found = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8", errors="replace")
+        rel = page.relative_to(html_dir).as_posix()
+        for url in sorted(set(EXTERNAL.findall(text))):
+            found.append(f"{rel}: loads {url} from another server")
+        if WIDGET in text:
+            found.append(f"{rel}: shows a widget, which is blank without a kernel "
+                         f"(tag the cell remove-output and draw a static figure first)")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    html_dir = Path(argv[1]) if len(argv) > 1 else ROOT / "_build" / "html"
+    found = problems(html_dir)
+    for line in found:
+        print(line)
+    if found:
+        print(f"check_html: {len(found)} problem(s)")
+        return 1
+    print(f"check_html: {html_dir} loads nothing from other servers and has no blank widgets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
