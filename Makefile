@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
-SOURCES := transformer_lib tools tests chapters benchmarks book/_ext
+SOURCES := $(wildcard transformer_lib tools tests chapters benchmarks book/_ext)
 
 .PHONY: help setup book book-clean test lint check-export check-notebooks pytest export lab clean bench
 
