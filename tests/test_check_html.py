@@ -20,10 +20,12 @@ def test_flags_cdn_scripts_and_widgets_but_not_links(tmp_path):
         '<script defer="defer" src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
         '<script type="application/vnd.jupyter.widget-view+json">{}</script>'
     )
+    (tmp_path / "state.html").write_text('<script type="application/vnd.jupyter.widget-state+json">{}</script>')
     found = check_html.problems(tmp_path)
-    assert len(found) == 2
+    assert len(found) == 3
+    assert "state.html: embeds a widget" in found[2]
     assert found[0] == "bad.html: loads https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js from another server"
-    assert "bad.html: shows a widget" in found[1]
+    assert "bad.html: embeds a widget" in found[1]
 
 
 def test_an_empty_build_is_a_problem(tmp_path):

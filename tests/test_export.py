@@ -66,7 +66,7 @@ def test_header_names_the_notebook_and_says_do_not_edit(project):
 def test_init_reexports_public_names(project):
     export.write(project, handwritten=())
     init = (project / "transformer_lib" / "__init__.py").read_text()
-    assert "from transformer_lib.demo import area, UNIT, Circle" in init
+    assert "from transformer_lib.demo import UNIT, Circle, area" in init  # isort's order
     assert "from transformer_lib.helpers import helper" in init
 
 
@@ -125,3 +125,11 @@ def test_handwritten_modules_are_reexported(project):
 def test_repository_package_is_in_sync_with_chapters():
     problems = export.check()
     assert problems == [], "\n".join(problems)
+
+
+def test_init_imports_are_sorted_and_wrapped_as_the_linter_wants():
+    init = export.render_init({"zeta": ["z"], "alpha": ["beta_function", "Gamma", "DELTA"]
+                               + [f"name_{i:02d}_long_enough" for i in range(5)]})
+    assert init.index("from transformer_lib.alpha") < init.index("from transformer_lib.zeta")
+    assert "from transformer_lib.alpha import (\n    DELTA,\n    Gamma,\n    beta_function,\n" in init
+    assert all(len(line) <= 100 for line in init.splitlines())

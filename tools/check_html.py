@@ -2,7 +2,8 @@
 
 The rendered book must work offline and must not show empty widget areas (widgets
 need a live kernel; chapters show a static figure first and tag widget cells
-``remove-output``). Run after ``jupyter-book build``.
+``remove-output`` and ``skip-execution``, so the book neither shows nor embeds them; nbval
+still runs them). Run after ``jupyter-book build``.
 
 Usage::
 
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # <script src=...>, <link href=...>, <img src=...> load resources; plain <a href=...> links are fine.
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"")
-WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGETS = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
 def problems(html_dir: Path) -> list[str]:
@@ -31,9 +32,9 @@ def problems(html_dir: Path) -> list[str]:
         rel = page.relative_to(html_dir).as_posix()
         for url in sorted(set(EXTERNAL.findall(text))):
             found.append(f"{rel}: loads {url} from another server")
-        if WIDGET in text:
-            found.append(f"{rel}: shows a widget, which is blank without a kernel "
-                         f"(tag the cell remove-output and draw a static figure first)")
+        if any(mime in text for mime in WIDGETS):
+            found.append(f"{rel}: embeds a widget, which is blank or dead without a kernel (draw a "
+                         f"static figure first; tag the widget cell remove-output and skip-execution)")
     return found
 
 

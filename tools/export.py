@@ -34,7 +34,7 @@ DEFAULT_EXP = "#| default_exp"
 
 # Hand-written modules (not generated from a chapter) whose public names the
 # package re-exports at the top level. Each declares ``__all__``.
-HANDWRITTEN: tuple[str, ...] = ()
+HANDWRITTEN: tuple[str, ...] = ("interop",)
 
 
 class ExportError(ValueError):
@@ -117,17 +117,32 @@ def render_module(notebook: str, cells: list[str]) -> tuple[str, list[str]]:
     return "\n\n".join(parts) + "\n", names
 
 
+def _import_order(name: str) -> tuple[int, str]:
+    """isort's order within one import (as ruff applies it): CONSTANTS, Classes, functions."""
+    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return kind, name.lower()
+
+
+def render_import(module: str, names: list[str], line_length: int = 100) -> str:
+    """``from transformer_lib.MODULE import ...`` as isort writes it: sorted, wrapped if long."""
+    names = sorted(names, key=_import_order)
+    line = f"from transformer_lib.{module} import {', '.join(names)}"
+    if len(line) <= line_length:
+        return line
+    return "\n".join([f"from transformer_lib.{module} import ("]
+                     + [f"    {n}," for n in names] + [")"])
+
+
 def render_init(exports: dict[str, list[str]]) -> str:
     lines = [
         f"{GENERATED_MARK} from the chapters' exports and HANDWRITTEN. DO NOT EDIT.",
         '"""transformer_lib: a transformer built chapter by chapter, tested against PyTorch."""',
         "",
     ]
-    all_names: list[str] = []
-    for module, names in exports.items():
+    all_names = [name for names in exports.values() for name in names]
+    for module, names in sorted(exports.items()):  # imports sorted by module, so the linter agrees
         if names:
-            lines.append(f"from transformer_lib.{module} import {', '.join(names)}")
-            all_names += names
+            lines.append(render_import(module, names))
     lines += ["", "__version__ = \"0.1.0\"", "", "__all__ = ["]
     lines += [f"    {n!r}," for n in all_names]
     lines.append("]")
