@@ -2,6 +2,23 @@
 """transformer_lib: a transformer built chapter by chapter, tested against PyTorch."""
 
 from transformer_lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from transformer_lib.embeddings import (
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+    apply_rotary,
+    rotary_frequencies,
+    sinusoidal_positional_encoding,
+)
+from transformer_lib.encoder import (
+    ACTIVATIONS,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+    sublayer_connection,
+)
+from transformer_lib.interop import from_torch
+from transformer_lib.multihead import MultiHeadAttention
 
 __version__ = "0.1.0"
 
@@ -9,4 +26,17 @@ __all__ = [
     'causal_mask',
     'padding_mask',
     'scaled_dot_product_attention',
+    'MultiHeadAttention',
+    'TokenEmbedding',
+    'sinusoidal_positional_encoding',
+    'SinusoidalPositionalEncoding',
+    'LearnedPositionalEmbedding',
+    'rotary_frequencies',
+    'apply_rotary',
+    'ACTIVATIONS',
+    'FeedForward',
+    'sublayer_connection',
+    'EncoderLayer',
+    'Encoder',
+    'from_torch',
 ]

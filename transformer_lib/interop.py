@@ -1,0 +1,216 @@
+"""Conversion from PyTorch's reference modules to ours. Hand-written (not generated from a chapter).
+
+The logic is explained in chapter 2 (``chapters/02_multi_head_attention.ipynb``, section
+"Checking against PyTorch"): ``nn.MultiheadAttention`` packs :math:`W^Q, W^K, W^V` into one
+``in_proj_weight`` of shape ``(3D, D)``, which we split into ``q_proj``, ``k_proj`` and
+``v_proj``. Each supported PyTorch type has a converter registered in ``_CONVERTERS``; later
+chapters add converters for PyTorch's encoder and decoder layers and stacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformer_lib.decoder import Decoder, DecoderLayer
+from transformer_lib.encoder import Encoder, EncoderLayer, FeedForward
+from transformer_lib.multihead import MultiHeadAttention
+
+__all__ = ["from_torch"]
+
+_Converter = Callable[[Any], nn.Module]
+
+# PyTorch module type -> function returning our equivalent. Exact types only: a subclass may
+# compute something else (torch.ao's quantizable MultiheadAttention, for one).
+_CONVERTERS: dict[type[nn.Module], _Converter] = {}
+
+
+def _register(torch_type: type[nn.Module]) -> Callable[[_Converter], _Converter]:
+    """Decorator: register a converter for ``torch_type``."""
+
+    def decorator(converter: _Converter) -> _Converter:
+        _CONVERTERS[torch_type] = converter
+        return converter
+
+    return decorator
+
+
+def from_torch(module: nn.Module) -> nn.Module:
+    """Our equivalent of a PyTorch reference module, with a copy of its weights.
+
+    The result computes the same function as ``module`` (to float32 rounding), has the same
+    dtype, device and train/eval mode, and owns its parameters (changing one model does not
+    change the other). Our modules are always batch first: feed them ``(B, T, D)`` even if
+    ``module`` was created with ``batch_first=False``. Remember that PyTorch's boolean masks
+    mean "masked out" where ours mean "may attend": pass ``~mask``.
+
+    Supported: ``nn.MultiheadAttention`` -> :class:`MultiHeadAttention`;
+    ``nn.TransformerEncoderLayer`` -> :class:`EncoderLayer`; ``nn.TransformerEncoder`` ->
+    :class:`Encoder` (each layer's own weights, and the final norm if it has one);
+    ``nn.TransformerDecoderLayer`` -> :class:`DecoderLayer` (``multihead_attn`` becomes
+    ``cross_attn``); ``nn.TransformerDecoder`` -> :class:`Decoder`.
+
+    Args:
+        module: the PyTorch module to convert.
+
+    Returns:
+        The converted module.
+
+    Raises:
+        TypeError: ``module`` is of a type we cannot convert.
+        ValueError: ``module`` uses a setting our module does not have; the message names it.
+    """
+    converter = _CONVERTERS.get(type(module))
+    if converter is None:
+        supported = ", ".join(sorted(f"nn.{t.__name__}" for t in _CONVERTERS))
+        name = f"{type(module).__module__}.{type(module).__qualname__}"
+        raise TypeError(f"from_torch cannot convert {name}; supported types: {supported}")
+    return converter(module)
+
+
+@torch.no_grad()
+def _copy_linear(target: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    target.weight.copy_(weight)
+    if bias is not None:
+        target.bias.copy_(bias)
+
+
+@_register(nn.MultiheadAttention)
+def _from_multihead_attention(module: nn.MultiheadAttention) -> MultiHeadAttention:
+    if not module._qkv_same_embed_dim:
+        raise ValueError(f"from_torch supports nn.MultiheadAttention only with kdim == vdim == "
+                         f"embed_dim (MultiHeadAttention projects keys and values from width "
+                         f"d_model), got embed_dim={module.embed_dim}, kdim={module.kdim}, "
+                         f"vdim={module.vdim}")
+    if module.bias_k is not None or module.bias_v is not None:
+        raise ValueError("from_torch does not support nn.MultiheadAttention with add_bias_kv=True "
+                         "(extra learned key and value rows): MultiHeadAttention has no such "
+                         "setting")
+    if module.add_zero_attn:
+        raise ValueError("from_torch does not support nn.MultiheadAttention with "
+                         "add_zero_attn=True (an extra all-zero key and value): MultiHeadAttention "
+                         "has no such setting")
+    in_bias, out_bias = module.in_proj_bias, module.out_proj.bias
+    if (in_bias is None) != (out_bias is None):
+        state = {True: "absent", False: "present"}
+        raise ValueError("from_torch needs nn.MultiheadAttention's in_proj_bias and out_proj.bias "
+                         "to be both present or both absent (MultiHeadAttention's bias covers all "
+                         f"four projections), got in_proj_bias {state[in_bias is None]} and "
+                         f"out_proj.bias {state[out_bias is None]}")
+    weight = module.in_proj_weight
+    ours = MultiHeadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
+                              bias=in_bias is not None)
+    ours.to(device=weight.device, dtype=weight.dtype)
+    w_q, w_k, w_v = weight.chunk(3)  # (3D, D) -> 3 x (D, D): rows are W^Q, then W^K, then W^V
+    b_q, b_k, b_v = in_bias.chunk(3) if in_bias is not None else (None,) * 3  # (3D,) -> 3 x (D,)
+    _copy_linear(ours.q_proj, w_q, b_q)
+    _copy_linear(ours.k_proj, w_k, b_k)
+    _copy_linear(ours.v_proj, w_v, b_v)
+    _copy_linear(ours.out_proj, module.out_proj.weight, out_bias)
+    ours.train(module.training)
+    return ours
+
+
+# --- encoder layers and stacks (chapter 4) ---------------------------------------------------
+
+
+def _activation_name(layer: nn.Module) -> str:
+    """Our name for the activation of a PyTorch encoder or decoder layer."""
+    act = layer.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return "relu"
+    if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        return "gelu"
+    raise ValueError(f"from_torch supports the activations 'relu' and 'gelu' (exact), got {act!r}")
+
+
+def _layer_settings(layer: nn.Module) -> dict[str, Any]:
+    """Constructor arguments of our layer, read off a PyTorch encoder or decoder layer."""
+    if layer.linear1.bias is None and layer.norm1.bias is not None:
+        raise ValueError("from_torch needs the layer's linear and LayerNorm biases to be both "
+                         "present or both absent (our layers have one bias setting)")
+    return {
+        "d_model": layer.self_attn.embed_dim,
+        "num_heads": layer.self_attn.num_heads,
+        "d_ff": layer.linear1.out_features,
+        "dropout": layer.dropout.p,
+        "activation": _activation_name(layer),
+        "norm_first": layer.norm_first,
+        "layer_norm_eps": layer.norm1.eps,
+        "bias": layer.linear1.bias is not None,
+    }
+
+
+def _finish(ours: nn.Module, module: nn.Module) -> nn.Module:
+    """Give ``ours`` the dtype, device and train/eval mode of ``module``."""
+    first = next(module.parameters())
+    return ours.to(device=first.device, dtype=first.dtype).train(module.training)
+
+
+@torch.no_grad()
+def _copy_feed_forward(ours: FeedForward, layer: nn.Module) -> None:
+    _copy_linear(ours.linear1, layer.linear1.weight, layer.linear1.bias)
+    _copy_linear(ours.linear2, layer.linear2.weight, layer.linear2.bias)
+
+
+@_register(nn.TransformerEncoderLayer)
+def _from_encoder_layer(module: nn.TransformerEncoderLayer) -> EncoderLayer:
+    ours = _finish(EncoderLayer(**_layer_settings(module)), module)
+    ours.self_attn = from_torch(module.self_attn)
+    _copy_feed_forward(ours.ffn, module)
+    ours.norm1.load_state_dict(module.norm1.state_dict())
+    ours.norm2.load_state_dict(module.norm2.state_dict())
+    return ours
+
+
+@_register(nn.TransformerEncoder)
+def _from_encoder(module: nn.TransformerEncoder) -> Encoder:
+    settings = _layer_settings(module.layers[0])
+    ours = Encoder(len(module.layers), **settings, final_norm=module.norm is not None)
+    ours.layers = nn.ModuleList(_from_encoder_layer(layer) for layer in module.layers)
+    if module.norm is not None:
+        ours.norm = nn.LayerNorm(settings["d_model"], eps=module.norm.eps,
+                                 bias=module.norm.bias is not None)
+        ours.norm.load_state_dict(module.norm.state_dict())
+    return _finish(ours, module)
+
+
+# --- decoder layers and stacks (chapter 5) ---------------------------------------------------
+
+
+@_register(nn.TransformerDecoderLayer)
+def _from_decoder_layer(module: nn.TransformerDecoderLayer) -> DecoderLayer:
+    # PyTorch has one dropout module per sub-layer (dropout1..3); ours shares one, so they must agree
+    rates = {name: getattr(module, name).p for name in ("dropout1", "dropout2", "dropout3")}
+    if len(set(rates.values())) > 1:
+        raise ValueError(f"from_torch needs the same dropout after every sub-layer (DecoderLayer "
+                         f"has one dropout setting), got {rates}")
+    ours = _finish(DecoderLayer(**_layer_settings(module)), module)
+    ours.dropout.p = rates["dropout1"]
+    ours.self_attn = from_torch(module.self_attn)
+    ours.cross_attn = from_torch(module.multihead_attn)  # PyTorch's name for cross-attention
+    _copy_feed_forward(ours.ffn, module)
+    for name in ("norm1", "norm2", "norm3"):
+        getattr(ours, name).load_state_dict(getattr(module, name).state_dict())
+        getattr(ours, name).eps = getattr(module, name).eps
+    return ours
+
+
+@_register(nn.TransformerDecoder)
+def _from_decoder(module: nn.TransformerDecoder) -> Decoder:
+    norm = module.norm
+    if norm is not None and type(norm) is not nn.LayerNorm:
+        raise ValueError(f"from_torch supports nn.TransformerDecoder's norm only as nn.LayerNorm "
+                         f"(or None), got {type(norm).__name__}")
+    settings = _layer_settings(module.layers[0])
+    ours = _finish(Decoder(len(module.layers), **settings, final_norm=norm is not None), module)
+    ours.layers = nn.ModuleList(from_torch(layer) for layer in module.layers)  # own weights each
+    if norm is not None:
+        ours.norm = _finish(nn.LayerNorm(settings["d_model"], eps=norm.eps,
+                                         bias=norm.bias is not None), module)
+        ours.norm.load_state_dict(norm.state_dict())
+    return ours
