@@ -45,8 +45,9 @@ check-export: setup
 check-notebooks: setup
 	$(BIN)/python tools/notebooks.py --check
 
+# Two workers on two cores: one thread each, so the workers' kernels do not fight for the cores.
 pytest: setup
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope
 
 test: lint check-export check-notebooks pytest book-clean
 	@echo "make test: all checks passed"

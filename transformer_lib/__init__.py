@@ -2,6 +2,7 @@
 """transformer_lib: a transformer built chapter by chapter, tested against PyTorch."""
 
 from transformer_lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from transformer_lib.decoder import Decoder, DecoderLayer
 from transformer_lib.embeddings import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -38,5 +39,7 @@ __all__ = [
     'sublayer_connection',
     'EncoderLayer',
     'Encoder',
+    'DecoderLayer',
+    'Decoder',
     'from_torch',
 ]

@@ -214,3 +214,4 @@ def _from_decoder(module: nn.TransformerDecoder) -> Decoder:
                                          bias=norm.bias is not None), module)
         ours.norm.load_state_dict(norm.state_dict())
     return ours
+

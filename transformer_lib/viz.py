@@ -14,7 +14,8 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["plot_attention", "plot_masks", "interact_figure", "plot_positional_encoding",
-           "plot_position_similarity", "plot_rotating_pairs", "plot_heads", "plot_head_and_query"]
+           "plot_position_similarity", "plot_rotating_pairs", "plot_heads", "plot_head_and_query",
+           "plot_decoder_attention"]
 
 
 def _as_matrix(weights: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
@@ -417,4 +418,65 @@ def plot_head_and_query(
         left.tick_params(axis="x", labelrotation=60)
         right.tick_params(axis="x", labelrotation=60)
     fig.colorbar(image, ax=[left, right], label="attention weight", shrink=0.9)
+    return fig
+
+
+def plot_decoder_attention(
+    self_weights: torch.Tensor,
+    cross_weights: torch.Tensor,
+    target_labels: Sequence[str] | None = None,
+    source_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    annotate: bool = False,
+) -> Figure:
+    """A decoder's two attentions side by side: masked self-attention and cross-attention.
+
+    Args:
+        self_weights: ``(T, T)`` self-attention weights of one sequence (one head, or the mean
+            over heads): the target positions attending to the target.
+        cross_weights: ``(T, S)`` cross-attention weights of the same queries over the source
+            (the encoder's output).
+        target_labels: ``T`` labels of the target positions (the rows of both panels and the
+            columns of the left one).
+        source_labels: ``S`` labels of the source positions (the columns of the right panel).
+        title: the figure title.
+        annotate: write each weight in its cell.
+
+    Returns:
+        The figure, two panels on one colour scale from 0 to 1, with cells of the same size.
+    """
+    sw, cw = _as_matrix(self_weights), _as_matrix(cross_weights)
+    T, S = cw.shape
+    if sw.shape != (T, T):
+        raise ValueError(f"self_weights must have shape (T, T) = ({T}, {T}) to match "
+                         f"cross_weights (T, S) = {tuple(cw.shape)}, got {tuple(sw.shape)}")
+    _check_labels(target_labels, T, "target_labels")
+    _check_labels(source_labels, S, "source_labels")
+    cell = 0.45
+    fig = Figure(figsize=(min(cell * (T + S) + 3.2, 14.0), min(cell * T + 1.8, 9.0)),
+                 layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[T, S])
+    targets = list(target_labels) if target_labels is not None else list(range(T))
+    sources = list(source_labels) if source_labels is not None else list(range(S))
+    panels = ((left, sw, targets, "masked self-attention", "target position (key)"),
+              (right, cw, sources, "cross-attention", "source position (key)"))
+    image = None
+    for ax, w, keys, name, xlabel in panels:
+        image = ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_xticks(range(w.size(1)), keys)
+        ax.set_yticks(range(T), targets)
+        if any(len(str(key)) > 2 for key in keys):  # long labels such as "<pad>" would overlap
+            ax.tick_params(axis="x", labelrotation=45)
+        if annotate:
+            for i in range(w.size(0)):
+                for j in range(w.size(1)):
+                    value = float(w[i, j])
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if value > 0.6 else "white")
+    left.set_ylabel("target position (query)")
+    fig.colorbar(image, ax=[left, right], label="attention weight", shrink=0.9)
+    if title:
+        fig.suptitle(title)
     return fig
