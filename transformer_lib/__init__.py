@@ -3,6 +3,14 @@
 
 from transformer_lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
 from transformer_lib.decoder import Decoder, DecoderLayer
+from transformer_lib.decoding import (
+    IncrementalDecoder,
+    LayerCache,
+    beam_search,
+    greedy_decode,
+    length_penalty,
+    sequence_log_prob,
+)
 from transformer_lib.embeddings import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -19,6 +27,7 @@ from transformer_lib.encoder import (
     sublayer_connection,
 )
 from transformer_lib.interop import from_torch
+from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
 
 __version__ = "0.1.0"
@@ -41,5 +50,14 @@ __all__ = [
     'Encoder',
     'DecoderLayer',
     'Decoder',
+    'TransformerConfig',
+    'Transformer',
+    'EncoderDecoder',
+    'greedy_decode',
+    'length_penalty',
+    'beam_search',
+    'sequence_log_prob',
+    'LayerCache',
+    'IncrementalDecoder',
     'from_torch',
 ]

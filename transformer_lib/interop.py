@@ -18,6 +18,7 @@ from torch import nn
 
 from transformer_lib.decoder import Decoder, DecoderLayer
 from transformer_lib.encoder import Encoder, EncoderLayer, FeedForward
+from transformer_lib.model import EncoderDecoder
 from transformer_lib.multihead import MultiHeadAttention
 
 __all__ = ["from_torch"]
@@ -52,7 +53,8 @@ def from_torch(module: nn.Module) -> nn.Module:
     ``nn.TransformerEncoderLayer`` -> :class:`EncoderLayer`; ``nn.TransformerEncoder`` ->
     :class:`Encoder` (each layer's own weights, and the final norm if it has one);
     ``nn.TransformerDecoderLayer`` -> :class:`DecoderLayer` (``multihead_attn`` becomes
-    ``cross_attn``); ``nn.TransformerDecoder`` -> :class:`Decoder`.
+    ``cross_attn``); ``nn.TransformerDecoder`` -> :class:`Decoder`; ``nn.Transformer`` ->
+    :class:`EncoderDecoder` (the stacks on embedded inputs; ``nn.Transformer`` has no embeddings).
 
     Args:
         module: the PyTorch module to convert.
@@ -215,3 +217,12 @@ def _from_decoder(module: nn.TransformerDecoder) -> Decoder:
         ours.norm.load_state_dict(norm.state_dict())
     return ours
 
+
+# --- the whole encoder-decoder (chapter 6) ---------------------------------------------------
+
+
+@_register(nn.Transformer)
+def _from_transformer(module: nn.Transformer) -> EncoderDecoder:
+    # nn.Transformer has no embeddings and no output projection: its equivalent is our
+    # EncoderDecoder, which maps embedded (B, S, D) and (B, T, D) inputs to (B, T, D).
+    return EncoderDecoder(from_torch(module.encoder), from_torch(module.decoder))
