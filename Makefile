@@ -45,9 +45,13 @@ check-export: setup
 check-notebooks: setup
 	$(BIN)/python tools/notebooks.py --check
 
-# Two workers on two cores: one thread each, so the workers' kernels do not fight for the cores.
+# Running the notebooks: their tensors are small, so one thread each is fast, and it keeps
+# two-thread kernels from stalling each other when the machine is busy (two pytest workers, or
+# anything else running). `make lab` and `make bench` keep PyTorch's default.
+pytest book book-clean: export OMP_NUM_THREADS ?= 1
+
 pytest: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 test: lint check-export check-notebooks pytest book-clean
 	@echo "make test: all checks passed"
