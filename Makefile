@@ -4,15 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
-SOURCES := $(wildcard transformer_lib tools tests chapters benchmarks book/_ext)
+SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext)
 
-.PHONY: help setup book book-clean test lint check-export check-notebooks pytest export lab clean bench
+.PHONY: help setup book book-clean test lint check-export check-labs check-notebooks pytest export labs lab clean bench
 
 help:
 	@echo "make book    build the HTML book into _build/html"
 	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build)"
 	@echo "make lab     open JupyterLab on the repository"
 	@echo "make export  regenerate transformer_lib/ from the chapters"
+	@echo "make labs    regenerate the learner versions labs/*.ipynb from labs/solutions/"
 	@echo "make bench   print benchmark tables"
 	@echo "make clean   remove build outputs (keeps .venv)"
 
@@ -42,6 +43,9 @@ lint: setup
 check-export: setup
 	$(BIN)/python tools/export.py --check
 
+check-labs: setup
+	$(BIN)/python tools/make_labs.py --check
+
 check-notebooks: setup
 	$(BIN)/python tools/notebooks.py --check
 
@@ -49,15 +53,21 @@ check-notebooks: setup
 # two-thread kernels from stalling each other when the machine is busy (two pytest workers, or
 # anything else running). `make lab` and `make bench` keep PyTorch's default.
 pytest book book-clean: export OMP_NUM_THREADS ?= 1
+# A progress bar in a notebook is a widget, which a static page can only show blank: the book
+# builds without them (tqdm reads TQDM_DISABLE); JupyterLab and nbval keep them.
+book book-clean: export TQDM_DISABLE ?= 1
 
 pytest: setup
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
-test: lint check-export check-notebooks pytest book-clean
+test: lint check-export check-labs check-notebooks pytest book-clean
 	@echo "make test: all checks passed"
 
 export: setup
 	$(BIN)/python tools/export.py
+
+labs: setup
+	$(BIN)/python tools/make_labs.py
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=.
