@@ -2,6 +2,23 @@
 """transformer_lib: a transformer built chapter by chapter, tested against PyTorch."""
 
 from transformer_lib.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from transformer_lib.data import (
+    DATE_FORMATS,
+    FIRST_DATE,
+    IGNORE_INDEX,
+    LAST_DATE,
+    UNSEEN_DATE_FORMATS,
+    BucketBatchSampler,
+    DatePair,
+    DateSplits,
+    Seq2SeqTokenizer,
+    TranslationBatch,
+    TranslationDataset,
+    collate_translation,
+    format_date,
+    make_date_splits,
+    ordinal,
+)
 from transformer_lib.decoder import Decoder, DecoderLayer
 from transformer_lib.decoding import (
     IncrementalDecoder,
@@ -29,6 +46,19 @@ from transformer_lib.encoder import (
 from transformer_lib.interop import from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
+from transformer_lib.training import (
+    Trainer,
+    bleu,
+    clip_grad_norm,
+    exact_match,
+    label_smoothed_cross_entropy,
+    load_checkpoint,
+    save_checkpoint,
+    seq2seq_loss,
+    transformer_schedule,
+    translate,
+    warmup_cosine_schedule,
+)
 
 __version__ = "0.1.0"
 
@@ -59,5 +89,31 @@ __all__ = [
     'sequence_log_prob',
     'LayerCache',
     'IncrementalDecoder',
+    'FIRST_DATE',
+    'LAST_DATE',
+    'DATE_FORMATS',
+    'UNSEEN_DATE_FORMATS',
+    'ordinal',
+    'format_date',
+    'DatePair',
+    'DateSplits',
+    'make_date_splits',
+    'Seq2SeqTokenizer',
+    'IGNORE_INDEX',
+    'TranslationDataset',
+    'TranslationBatch',
+    'collate_translation',
+    'BucketBatchSampler',
+    'label_smoothed_cross_entropy',
+    'seq2seq_loss',
+    'transformer_schedule',
+    'warmup_cosine_schedule',
+    'clip_grad_norm',
+    'save_checkpoint',
+    'load_checkpoint',
+    'Trainer',
+    'translate',
+    'exact_match',
+    'bleu',
     'from_torch',
 ]
