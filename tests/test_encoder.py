@@ -169,3 +169,41 @@ def test_bad_forward_arguments():
         layer(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="d_model=8"):
         FeedForward(8, 16)(torch.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_is_causal_equals_an_explicit_causal_mask(norm_first):
+    from transformer_lib import causal_mask
+
+    torch.manual_seed(0)
+    layer = EncoderLayer(16, 4, 32, dropout=0.0, norm_first=norm_first).double().eval()
+    stack = Encoder(2, 16, 4, 32, dropout=0.0, norm_first=norm_first).double().eval()
+    x = torch.randn(3, 7, 16, dtype=torch.float64)
+    tol = {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(layer(x, is_causal=True), layer(x, causal_mask(7)), **tol)
+    torch.testing.assert_close(stack(x, is_causal=True), stack(x, causal_mask(7)), **tol)
+    # causal: changing the last position leaves the earlier ones alone
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    torch.testing.assert_close(stack(changed, is_causal=True)[:, :-1],
+                               stack(x, is_causal=True)[:, :-1], **tol)
+    with pytest.raises(ValueError, match="not both"):
+        layer(x, causal_mask(7), is_causal=True)
+
+
+def test_a_self_attention_without_the_causal_flag_still_plugs_in():
+    # labs swap in their own attention with forward(query, key, value, mask=None): no is_causal
+    class PlainAttention(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, query, key, value, mask=None):
+            return self.inner(query, key, value, mask=mask)
+
+    encoder = Encoder(2, 16, 4, 32, dropout=0.0).eval()
+    x = torch.randn(2, 5, 16)
+    expected = encoder(x)
+    for layer in encoder.layers:
+        layer.self_attn = PlainAttention(layer.self_attn)
+    torch.testing.assert_close(encoder(x), expected)

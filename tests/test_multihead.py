@@ -305,3 +305,34 @@ def test_exported_at_top_level():
     assert transformer_lib.MultiHeadAttention is multihead_module.MultiHeadAttention
     assert "MultiHeadAttention" in transformer_lib.__all__
     assert multihead_module.scaled_dot_product_attention is transformer_lib.scaled_dot_product_attention
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_is_causal_equals_an_explicit_causal_mask(dtype, need_weights):
+    layer = MultiHeadAttention(12, 3).to(dtype).eval()
+    x = torch.randn(2, 6, 12, dtype=dtype)
+    outputs, grads = [], []
+    for kwargs in ({"mask": causal_mask(6)}, {"is_causal": True}):
+        xi = x.clone().requires_grad_()
+        result = layer(xi, xi, xi, need_weights=need_weights, **kwargs)
+        out = result[0] if need_weights else result
+        out.square().sum().backward()
+        outputs.append(result)
+        grads.append(xi.grad)
+    if need_weights:
+        torch.testing.assert_close(outputs[1][0], outputs[0][0], **TOL[dtype])
+        torch.testing.assert_close(outputs[1][1], outputs[0][1], **TOL[dtype])
+        assert (outputs[1][1].triu(diagonal=1) == 0).all()
+    else:
+        torch.testing.assert_close(outputs[1], outputs[0], **TOL[dtype])
+    torch.testing.assert_close(grads[1], grads[0], **TOL[dtype])
+
+
+def test_is_causal_with_a_mask_or_cross_attention_raises():
+    layer = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="pass mask or is_causal=True, not both"):
+        layer(x, x, x, mask=causal_mask(5), is_causal=True)
+    with pytest.raises(ValueError, match=r"is_causal=True needs as many keys as queries.*T=5.*S=7"):
+        layer(x, torch.randn(2, 7, 8), torch.randn(2, 7, 8), is_causal=True)

@@ -43,6 +43,18 @@ from transformer_lib.encoder import (
     FeedForward,
     sublayer_connection,
 )
+from transformer_lib.gpt import (
+    GPT,
+    CharTokenizer,
+    GPTConfig,
+    KVCache,
+    forward_with_cache,
+    generate,
+    lm_loss,
+    next_token_probs,
+    python_source_files,
+    sample_next_token,
+)
 from transformer_lib.interop import from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
@@ -115,5 +127,15 @@ __all__ = [
     'translate',
     'exact_match',
     'bleu',
+    'python_source_files',
+    'CharTokenizer',
+    'GPTConfig',
+    'GPT',
+    'lm_loss',
+    'next_token_probs',
+    'sample_next_token',
+    'KVCache',
+    'forward_with_cache',
+    'generate',
     'from_torch',
 ]

@@ -126,11 +126,14 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """Args:
             x: ``(B, S, D)``.
             mask: bool, broadcastable to ``(B, H, S, S)``, ``True`` = may attend; usually
                 ``padding_mask(src, pad_id)`` of shape ``(B, 1, 1, S)``.
+            is_causal: attend to earlier positions only, as ``mask=causal_mask(S)`` would, on
+                the fused kernel's causal path (see :class:`MultiHeadAttention`); not
+                together with ``mask``.
 
         Returns:
             ``(B, S, D)``.
@@ -139,7 +142,8 @@ class EncoderLayer(nn.Module):
         if x.dim() != 3 or x.size(-1) != d_model:
             raise ValueError(f"x must have shape (B, S, D) with D=d_model={d_model}, "
                              f"got {tuple(x.shape)}")
-        x = sublayer_connection(x, lambda y: self.self_attn(y, y, y, mask=mask),
+        flag = {"is_causal": True} if is_causal else {}  # a self_attn without the flag still works
+        x = sublayer_connection(x, lambda y: self.self_attn(y, y, y, mask=mask, **flag),
                                 self.norm1, self.dropout, self.norm_first)
         return sublayer_connection(x, self.ffn, self.norm2, self.dropout, self.norm_first)
 
@@ -155,8 +159,8 @@ class Encoder(nn.Module):
             ``norm_first``", the usual choice.
 
     Shape:
-        ``forward(x (B, S, D), mask=None) -> (B, S, D)``; ``mask`` as for
-        :class:`EncoderLayer`.
+        ``forward(x (B, S, D), mask=None, is_causal=False) -> (B, S, D)``; ``mask`` and
+        ``is_causal`` as for :class:`EncoderLayer`.
     """
 
     def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int,
@@ -173,7 +177,8 @@ class Encoder(nn.Module):
             final_norm = norm_first
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        flag = {"is_causal": True} if is_causal else {}  # layers without the flag still work
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, **flag)
         return x if self.norm is None else self.norm(x)

@@ -9,18 +9,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Chapter 1's function is the readable path; its argument checks give both paths the same errors.
-from transformer_lib.attention import _check_attention_args, scaled_dot_product_attention
+from transformer_lib.attention import (
+    _check_attention_args,
+    causal_mask,
+    scaled_dot_product_attention,
+)
 
 
 def _fused_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
-                     dropout_p: float) -> Tensor:
+                     dropout_p: float, is_causal: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention`` with our rule for queries that may attend to nothing.
 
     Shapes as in :func:`scaled_dot_product_attention`: query ``(B, H, T, Dh)``, key and value
     ``(B, H, S, Dh)``, mask broadcastable to ``(B, H, T, S)``; returns ``(B, H, T, Dh)``.
+    ``is_causal=True`` (with ``mask=None`` and ``T == S``) is the causal mask, given as a flag.
     """
-    if mask is None:
-        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+    if mask is None:  # every query sees a key, also with is_causal (at least itself)
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
+                                              is_causal=is_causal)
     has_key = mask.any(dim=-1, keepdim=True)  # (..., T, S) -> (..., T, 1): does the query see a key?
     # Some kernels return NaN for a row with no allowed key. Let such rows attend everywhere
     # (finite numbers), then zero their output: zeros forward, zero gradient backward.
@@ -77,6 +83,7 @@ class MultiHeadAttention(nn.Module):
         value: Tensor,
         mask: Tensor | None = None,
         need_weights: bool = False,
+        is_causal: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from every query position to the key-value positions, in every head.
 
@@ -92,6 +99,11 @@ class MultiHeadAttention(nn.Module):
                 readable path (chapter 1's ``scaled_dot_product_attention``); without it the
                 layer calls the fused ``F.scaled_dot_product_attention``, which gives the same
                 numbers without storing the ``(B, H, T, S)`` weights.
+            is_causal: self-attention with the causal mask: the same as
+                ``mask=causal_mask(T)``, but the fused kernel gets it as a flag and skips the
+                masked blocks without reading a mask. Needs ``T == S`` and ``mask=None`` (to
+                combine it with padding, pass ``causal_mask(T) & padding_mask(...)`` as
+                ``mask``).
 
         Returns:
             The output ``(B, T, D)``; with ``need_weights=True``, the pair
@@ -101,15 +113,26 @@ class MultiHeadAttention(nn.Module):
         B, T, D = query.shape
         S = key.size(1)
         H, Dh = self.num_heads, self.head_dim
+        if is_causal:
+            if mask is not None:
+                raise ValueError("pass mask or is_causal=True, not both: is_causal=True means "
+                                 "mask=causal_mask(T); to add padding, pass "
+                                 "mask=causal_mask(T) & padding_mask(tokens, pad_id)")
+            if T != S:
+                raise ValueError(f"is_causal=True needs as many keys as queries (self-attention, "
+                                 f"T == S), got T={T} queries and S={S} keys")
         q = self.q_proj(query).view(B, T, H, Dh).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
         k = self.k_proj(key).view(B, S, H, Dh).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
         v = self.v_proj(value).view(B, S, H, Dh).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
+            if is_causal:  # the readable path needs the mask itself
+                mask = causal_mask(T, device=query.device)  # (T, T)
             heads, weights = scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=dropout_p)
         else:
-            _check_attention_args(q, k, v, mask, dropout_p)  # the readable path's messages
-            heads = _fused_attention(q, k, v, mask, dropout_p)  # (B, H, T, Dh)
+            if mask is not None:  # q, k and v come from our projections: only a mask can be wrong
+                _check_attention_args(q, k, v, mask, dropout_p)  # the readable path's messages
+            heads = _fused_attention(q, k, v, mask, dropout_p, is_causal)  # (B, H, T, Dh)
         concat = heads.transpose(1, 2).reshape(B, T, D)  # (B, H, T, Dh) -> (B, T, H * Dh) = (B, T, D)
         out = self.out_proj(concat)  # (B, T, D)
         return (out, weights) if need_weights else out
