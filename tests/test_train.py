@@ -1,0 +1,240 @@
+"""transformer_lib.train: the training command, its measuring helpers, resuming, and DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from transformer_lib import GPT, GPTConfig, lm_loss
+from transformer_lib import train as tr
+
+SMOKE = replace(tr.PRESETS["cpu-smoke"], max_steps=12, warmup_steps=3, log_every=1, eval_every=6,
+                eval_batches=2, batch_size=8)
+
+
+def read_metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_command(*args, nproc=None, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "transformer_lib.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "transformer_lib.train", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+# --- FLOPs, peaks, kernels, memory ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(37, 16, 32, 2, 2, None), (50, 8, 64, 4, 3, 96)])
+def test_flops_per_token_equals_counted_matmul_flops(shape):
+    V, C, D, H, L, F = shape
+    config = GPTConfig(V, C, D, H, L, d_ff=F)
+    model = GPT(config)
+    x = torch.randint(V, (3, C))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        lm_loss(model(x), x).backward()
+    per_token = counter.get_total_flops() / x.numel()
+    # the formula leaves out biases, LayerNorm, softmax and GELU: no matmuls, not counted either
+    assert tr.flops_per_token(config) == pytest.approx(per_token, rel=1e-9)
+
+
+def test_flops_per_token_shorter_windows_and_errors():
+    config = GPTConfig(100, 64, 32, 2, 2)
+    assert tr.flops_per_token(config, 32) < tr.flops_per_token(config)
+    gpt2 = GPTConfig(50257, 1024, 768, 12, 12)
+    assert tr.flops_per_token(gpt2) == pytest.approx(6 * 123.5e6 + 12 * 12 * 1024 * 768, rel=0.01)
+    with pytest.raises(ValueError, match="seq_len"):
+        tr.flops_per_token(config, 65)
+    with pytest.raises(TypeError, match="GPTConfig"):
+        tr.flops_per_token({"d_model": 32})
+
+
+def test_peak_table_matches_names_most_specific_first():
+    assert tr._peak_for_name("NVIDIA H200") == 989e12
+    assert tr._peak_for_name("NVIDIA H100 PCIe") == 756e12
+    assert tr._peak_for_name("NVIDIA H100 80GB HBM3") == 989e12
+    assert tr._peak_for_name("NVIDIA L40S") == 362e12
+    assert tr._peak_for_name("NVIDIA L4") == 121e12
+    assert tr._peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12
+    assert tr._peak_for_name("Some Future GPU") is None
+    assert tr.peak_flops("cpu") is None
+
+
+def test_measured_matmul_flops_is_positive():
+    assert tr.measured_matmul_flops("cpu", size=128, repeats=3) > 1e6
+
+
+def test_sdpa_kernels_used_and_saved_bytes():
+    model = GPT(GPTConfig(20, 32, 32, 4, 2))
+    x = torch.randint(20, (4, 32))
+    fused = tr.sdpa_kernels_used(lambda: model(x))
+    assert fused and all(name.startswith("_scaled_dot_product") for name in fused)
+    with sdpa_kernel(SDPBackend.MATH):
+        assert tr.sdpa_kernels_used(lambda: model(x)) == []
+        math_bytes = tr.saved_activation_bytes(lambda: lm_loss(model(x), x))
+    fp32_bytes = tr.saved_activation_bytes(lambda: lm_loss(model(x), x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_bytes = tr.saved_activation_bytes(lambda: lm_loss(model(x), x))
+    assert bf16_bytes < fp32_bytes < math_bytes  # math attention keeps the (T, T) weights
+    assert all(p.grad is not None for p in model.parameters())  # the loss was back-propagated
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_get_batch_ranks_take_slices_of_one_global_batch():
+    data = torch.arange(1000)
+    whole = tr.get_batch(data, 8, 16, torch.Generator().manual_seed(5))
+    parts = [tr.get_batch(data, 2, 16, torch.Generator().manual_seed(5), rank, 4) for rank in range(4)]
+    assert torch.equal(torch.cat([x for x, _ in parts]), whole[0])
+    assert torch.equal(torch.cat([y for _, y in parts]), whole[1])
+    assert torch.equal(whole[1][:, :-1], whole[0][:, 1:])  # targets are inputs shifted by one
+    assert not torch.equal(parts[0][0], parts[1][0])  # ranks see different windows
+    with pytest.raises(ValueError, match="too few"):
+        tr.get_batch(torch.arange(10), 2, 16, torch.Generator())
+    with pytest.raises(ValueError, match="rank"):
+        tr.get_batch(data, 2, 16, torch.Generator(), rank=4, world_size=4)
+
+
+def test_load_corpus_splits_by_file():
+    tokenizer, train_ids, val_ids = tr.load_corpus(100_000)
+    assert train_ids.dtype == torch.int64 and len(train_ids) > 5 * len(val_ids) > 0
+    assert int(train_ids.max()) < tokenizer.vocab_size
+
+
+def test_make_optimizer_decays_matrices_only():
+    model = GPT(GPTConfig(20, 8, 16, 2, 1))
+    optimizer = tr.make_optimizer(model, 1e-3, weight_decay=0.1)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert tr.make_optimizer(model, 1e-3, fused=True).defaults["fused"]
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"warmup_steps": 12}, "warmup_steps must be < max_steps"),
+    ({"d_model": 30}, "divisible"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"grad_accum": 1.5}, "grad_accum must be an int"),
+    ({"compile": 1}, "compile must be a bool"),
+    ({"min_lr": 1.0}, "min_lr"),
+    ({"data": "random"}, "vocab_size must be set"),
+])
+def test_config_errors_name_the_field(changes, match):
+    with pytest.raises(ValueError, match=match):
+        replace(SMOKE, **changes)
+
+
+def test_presets_are_valid_and_gpu_one_is_10_to_20m_parameters():
+    assert {"cpu-smoke", "cpu", "gpu", "gpt2-small-bench"} <= set(tr.PRESETS)
+    gpu = tr.PRESETS["gpu"].gpt_config(100)
+    n = sum(p.numel() for p in GPT(gpu).parameters())
+    assert 10e6 <= n <= 20e6, n
+    bench = tr.PRESETS["gpt2-small-bench"].gpt_config(0)
+    assert (bench.d_model, bench.num_layers, bench.num_heads, bench.context_length) == (768, 12, 12, 1024)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole = tr.train(SMOKE, tmp_path / "whole", progress=False)
+    tr.train(SMOKE, tmp_path / "parts", progress=False, stop_after=5)
+    assert [m["step"] for m in read_metrics(tmp_path / "parts")] == [1, 2, 3, 4, 5]
+    resumed = tr.train(SMOKE, tmp_path / "parts", progress=False, resume=True)
+    a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
+    assert [m["step"] for m in b] == list(range(1, 13))
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    # the interrupted run also measured the validation loss where it stopped, at step 5
+    assert [m.get("val_loss") for m in a if m["step"] != 5] == \
+        [m.get("val_loss") for m in b if m["step"] != 5]
+    assert resumed["val_loss"] == whole["val_loss"]
+    model_a, model_b = (GPT(SMOKE.gpt_config(whole_vocab(tmp_path / d))) for d in ("whole", "parts"))
+    tr.load_checkpoint(tmp_path / "whole" / "checkpoint", model_a)
+    tr.load_checkpoint(tmp_path / "parts" / "checkpoint", model_b)
+    for p, q in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(p, q)
+
+
+def whole_vocab(folder):
+    state = torch.load(folder / "checkpoint" / "state.pt", weights_only=True)
+    return state["state"]["vocab_size"]
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big = tr.train(replace(SMOKE, max_steps=6, warmup_steps=2), tmp_path / "big", progress=False)
+    small = tr.train(replace(SMOKE, max_steps=6, warmup_steps=2, batch_size=4, grad_accum=2),
+                     tmp_path / "acc", progress=False)
+    a, b = read_metrics(tmp_path / "big"), read_metrics(tmp_path / "acc")
+    assert big["tokens_per_step"] == small["tokens_per_step"]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    result = tr.train(replace(tr.PRESETS["cpu-smoke"], max_steps=40), tmp_path, progress=False)
+    metrics = read_metrics(tmp_path)
+    assert metrics[0]["loss"] > 4.0 and result["val_loss"] < 3.2, (metrics[0], result)
+    assert all(m["tokens_per_sec"] > 0 and m["mfu"] is None for m in metrics)  # no known CPU peak
+
+
+def test_bf16_and_math_attention_train(tmp_path):
+    config = replace(SMOKE, max_steps=4, warmup_steps=1, dtype="bfloat16", fused_attention=False)
+    result = tr.train(config, tmp_path, progress=False)
+    assert 2.0 < result["final_loss"] < 6.0
+
+
+# --- the command, alone and under torchrun -----------------------------------------------------------
+
+FLAGS = ["--preset", "cpu-smoke", "--max-steps", "8", "--warmup-steps", "2", "--log-every", "1",
+         "--eval-every", "4", "--eval-batches", "2", "--no-progress"]
+
+
+def test_command_writes_metrics_and_a_checkpoint(tmp_path):
+    done = run_command(*FLAGS, "--batch-size", "8", "--out", str(tmp_path))
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 8 and summary["world_size"] == 1
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert all({"step", "loss", "tokens_per_sec", "lr", "grad_norm"} <= set(m) for m in metrics)
+    assert {m["step"] for m in metrics if "val_loss" in m} == {4, 8}
+    assert {p.name for p in (tmp_path / "checkpoint").iterdir()} == {"model.safetensors", "state.pt"}
+
+
+def test_command_rejects_bad_flags(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "transformer_lib.train", "--preset", "cpu-smoke",
+                           "--max-steps", "5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "warmup_steps must be < max_steps" in done.stderr
+
+
+def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
+    """Two gloo processes with 4 windows each (and 2 micro-batches of 2) = one process with 8."""
+    run_command(*FLAGS, "--batch-size", "8", "--out", str(tmp_path / "one"))
+    run_command(*FLAGS, "--batch-size", "2", "--grad-accum", "2", "--out", str(tmp_path / "ddp"),
+                nproc=2)
+    one, ddp = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "ddp")
+    assert [m["step"] for m in ddp] == list(range(1, 9))  # rank 0 alone writes
+    for a, b in zip(one, ddp):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-5), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), (a, b)
+    assert one[-1]["val_loss"] == pytest.approx(ddp[-1]["val_loss"], abs=2e-5)

@@ -1,0 +1,680 @@
+"""The training command: ``python -m transformer_lib.train``. Hand-written (not generated from a chapter).
+
+It trains chapter 8's :class:`~transformer_lib.gpt.GPT` on the Python standard library's own
+source with the techniques that lab 5 (``labs/solutions/05_gpu_training_lab.ipynb``) measures one
+at a time: TF32 matrix multiplications, bf16 autocast, fused attention, ``torch.compile``, fused
+AdamW, gradient accumulation, a warmup + cosine learning rate, gradient clipping, and
+checkpoints to resume from. Each is a field of :class:`TrainConfig`; a preset picks them all::
+
+    python -m transformer_lib.train --preset cpu-smoke --max-steps 50 --out runs/smoke
+    python -m transformer_lib.train --preset gpu --out runs/gpu            # a CUDA GPU
+    python -m transformer_lib.train --preset gpu --out runs/gpu --resume   # go on from DIR/checkpoint
+    torchrun --standalone --nproc_per_node 8 -m transformer_lib.train --preset gpu --out runs/ddp
+
+Under ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``) it trains with
+``DistributedDataParallel``: NCCL on GPUs, gloo on CPUs. Every process draws the same global batch
+of ``batch_size * world_size`` windows from the same seeded generator and keeps its own slice, so
+ranks see different data and the run computes what one process computes on the whole global
+batch. Rank 0 alone writes ``DIR/metrics.jsonl`` (one JSON object per logged step: ``step``,
+``loss``, ``lr``, ``tokens_per_sec``, ``grad_norm``, ``mfu``, and ``val_loss`` when evaluated)
+and ``DIR/checkpoint/`` (:func:`~transformer_lib.training.save_checkpoint`: safetensors weights;
+optimizer, step and generator states read back with ``torch.load(weights_only=True)``).
+
+The measuring helpers (:func:`flops_per_token`, :func:`peak_flops`,
+:func:`measured_matmul_flops`, :func:`sdpa_kernels_used`, :func:`saved_activation_bytes`) are
+used by the lab too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm.auto import tqdm
+
+from transformer_lib.gpt import GPT, CharTokenizer, GPTConfig, lm_loss, python_source_files
+from transformer_lib.training import (
+    _progress_file,
+    load_checkpoint,
+    save_checkpoint,
+    warmup_cosine_schedule,
+)
+
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "PRESETS",
+    "TrainConfig",
+    "flops_per_token",
+    "peak_flops",
+    "measured_matmul_flops",
+    "sdpa_kernels_used",
+    "saved_activation_bytes",
+    "load_corpus",
+    "get_batch",
+    "make_optimizer",
+    "train",
+    "main",
+]
+
+# --- measuring ----------------------------------------------------------------------------------
+
+# Dense (no sparsity) bf16 tensor-core peak of one GPU, from the vendors' data sheets, matched
+# against torch.cuda.get_device_name() in this order (the first name it contains wins). V100 and
+# T4 have no bf16: their fp16 peak is given. MFU is always quoted against this number, whatever
+# precision a run uses: it is what the hardware could do.
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "GH200": 989e12,
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
+    r"""Training FLOPs per token (forward and backward) of a :class:`GPT`, from its shape.
+
+    .. math::
+        \text{FLOPs/token} = 6N + 12\,L\,T\,D, \qquad N = L\,(4D^2 + 2DF) + DV
+
+    A matrix multiplication costs 2 FLOPs per weight per token going forward and 4 going back
+    (gradients for the input and for the weight): :math:`6N`, where :math:`N` counts the weights
+    that multiply activations: per layer the four attention projections and the two feed-forward
+    matrices, plus the output projection (with tied embeddings this is the token table, used once
+    as a matrix; the lookups that read embeddings cost nothing). Biases and LayerNorms add a few
+    FLOPs per parameter, well under 1%, and are left out. Attention itself multiplies
+    activations by activations: :math:`QK^\top` and the weighted sum of values cost
+    :math:`2 \cdot 2TD` per token per layer forward, times 3 with the backward pass. A causal
+    kernel skips about half of those; by convention (PaLM, nanoGPT) they are counted in full.
+
+    Args:
+        config: the model's shape.
+        seq_len: ``T``, the tokens per training window; the context length by default.
+
+    Returns:
+        FLOPs per token processed in training.
+    """
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+    T = config.context_length if seq_len is None else seq_len
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= config.context_length:
+        raise ValueError(f"seq_len must be an int in [1, {config.context_length}], got {seq_len!r}")
+    L, D, F, V = config.num_layers, config.d_model, config.d_ff, config.vocab_size
+    n_matmul = L * (4 * D * D + 2 * D * F) + D * V
+    return 6.0 * n_matmul + 12.0 * L * T * D
+
+
+def peak_flops(device: torch.device | str) -> float | None:
+    """The dense bf16 peak FLOP/s of ``device`` from :data:`PEAK_BF16_FLOPS`; None if unknown (a CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return _peak_for_name(torch.cuda.get_device_name(device))
+
+
+def _peak_for_name(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measured_matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
+                          size: int | None = None, repeats: int = 10) -> float:
+    """FLOP/s of one large square matrix multiplication, measured: a practical peak for a CPU.
+
+    Args:
+        device: where to multiply.
+        dtype: the matrices' dtype.
+        size: the matrices are ``(size, size)``; 1024 on a CPU, 8192 on a GPU by default.
+        repeats: timed multiplications (after one untimed).
+
+    Returns:
+        ``2 * size**3`` FLOPs per multiplication divided by the median time of one.
+    """
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 1024)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    times = []
+    for i in range(repeats + 1):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return 2.0 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records the names of the ATen operators that run (below autograd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def sdpa_kernels_used(fn: Callable[[], Any]) -> list[str]:
+    """Which fused attention kernels ``fn()`` runs, by the ATen operators it calls.
+
+    ``F.scaled_dot_product_attention`` picks a kernel at run time: FlashAttention
+    (``_scaled_dot_product_flash_attention``, ``..._for_cpu`` on a CPU), memory-efficient
+    attention, cuDNN attention, or the unfused math (a matmul, a softmax, a matmul), which shows
+    no ``_scaled_dot_product_*`` operator at all.
+
+    Returns:
+        The distinct ``_scaled_dot_product_*`` operator names, in the order first seen; an empty
+        list means only unfused (math) attention ran.
+    """
+    with _OpRecorder() as recorder:
+        fn()
+    seen: list[str] = []
+    for name in recorder.names:
+        base = name.split(".")[0]
+        if base.startswith("_scaled_dot_product") and base not in seen:
+            seen.append(base)
+    return seen
+
+
+def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn()`` builds a loss.
+
+    This is the memory that training needs beyond the weights, gradients and optimizer state,
+    and the part that bf16, fused attention and smaller micro-batches shrink. Each storage is
+    counted once (views share it). ``fn``'s loss is then back-propagated, freeing them.
+    """
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        storages[(str(t.device), s.data_ptr())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    loss.backward()
+    return sum(storages.values())
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run of the command, one reason per field. Presets are in :data:`PRESETS`."""
+
+    # the model (chapter 8's GPTConfig; the vocabulary comes from the data)
+    context_length: int = 128  # T: characters per training window
+    d_model: int = 128  # D
+    num_heads: int = 4  # H
+    num_layers: int = 4  # N
+    dropout: float = 0.0  # small models on this much data do not overfit in a few epochs
+    vocab_size: int | None = None  # None: the tokenizer's; set it for data="random"
+    # the data
+    data: str = "stdlib"  # "stdlib": the standard library's source; "random": random ids (speed only)
+    max_chars: int = 1_000_000  # characters of source to read (every tenth file is held out)
+    # optimization
+    batch_size: int = 32  # windows per micro-batch in each process
+    grad_accum: int = 1  # micro-batches per update: the global batch is batch_size*grad_accum*world
+    max_steps: int = 1000  # updates; the cosine decay ends here
+    lr: float = 1e-3  # the peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # where the cosine decay ends
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW's, on matrices and embeddings only
+    grad_clip: float = 1.0  # the largest global gradient norm; 0 turns clipping off
+    # speed
+    dtype: str = "float32"  # "bfloat16": matmuls under autocast in bf16, weights stay float32
+    tf32: bool = False  # float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)
+    fused_attention: bool = True  # False forces the unfused math kernel of SDPA
+    compile: bool = False  # torch.compile the model
+    fused_adamw: bool = False  # one fused kernel for the whole AdamW update
+    # bookkeeping
+    eval_every: int = 100  # updates between validation losses (and at the end)
+    eval_batches: int = 10  # global batches (of batch_size * grad_accum * world) per validation loss
+    log_every: int = 10  # updates between lines of metrics.jsonl
+    checkpoint_every: int = 0  # updates between checkpoints; 0: at the end only
+    seed: int = 0  # the initialization and the data order
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be an int, got {value!r}")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be a bool, got {value!r}")
+        for name in ("context_length", "d_model", "num_heads", "num_layers", "max_chars",
+                     "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "checkpoint_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps must be < max_steps, got warmup_steps="
+                             f"{self.warmup_steps} and max_steps={self.max_steps}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model must be divisible by num_heads, got {self.d_model} and "
+                             f"{self.num_heads}")
+        if self.data not in ("stdlib", "random"):
+            raise ValueError(f"data must be 'stdlib' or 'random', got {self.data!r}")
+        if self.data == "random" and self.vocab_size is None:
+            raise ValueError("vocab_size must be set when data='random'")
+        if self.vocab_size is not None and (isinstance(self.vocab_size, bool)
+                                            or not isinstance(self.vocab_size, int)
+                                            or self.vocab_size < 2):
+            raise ValueError(f"vocab_size must be None or an int >= 2, got {self.vocab_size!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"lr must be > 0 and min_lr in [0, lr], got lr={self.lr!r} and "
+                             f"min_lr={self.min_lr!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} "
+                             f"and {self.grad_clip!r}")
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The model's :class:`GPTConfig` for a vocabulary of ``vocab_size``."""
+        return GPTConfig(vocab_size=self.vocab_size or vocab_size, context_length=self.context_length,
+                         d_model=self.d_model, num_heads=self.num_heads, num_layers=self.num_layers,
+                         dropout=self.dropout)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # seconds on a CPU: a test of the whole pipeline, not a useful model
+    "cpu-smoke": TrainConfig(context_length=64, d_model=64, num_heads=4, num_layers=2,
+                             max_chars=200_000, batch_size=16, max_steps=50, lr=3e-3, min_lr=3e-4,
+                             warmup_steps=10, eval_every=25, eval_batches=4, log_every=5),
+    # minutes on a laptop CPU: chapter 8's model, trained longer
+    "cpu": TrainConfig(context_length=64, d_model=128, num_heads=4, num_layers=4,
+                       batch_size=32, max_steps=1000, lr=3e-3, min_lr=3e-4, warmup_steps=50,
+                       eval_every=100, log_every=10),
+    # a few minutes on one recent GPU: 10.7M parameters, every technique on
+    "gpu": TrainConfig(context_length=256, d_model=384, num_heads=6, num_layers=6,
+                       max_chars=20_000_000, batch_size=64, max_steps=3000, lr=1.5e-3,
+                       min_lr=1.5e-4, warmup_steps=200, dtype="bfloat16", tf32=True,
+                       compile=True, fused_adamw=True, eval_every=250, eval_batches=20,
+                       log_every=25),
+    # throughput only: GPT-2 small's shape (124M parameters) on random tokens, for MFU
+    "gpt2-small-bench": TrainConfig(context_length=1024, d_model=768, num_heads=12, num_layers=12,
+                                    vocab_size=50304, data="random", batch_size=16,
+                                    max_steps=60, lr=6e-4, min_lr=6e-5, warmup_steps=10,
+                                    dtype="bfloat16", tf32=True, compile=True, fused_adamw=True,
+                                    eval_every=60, eval_batches=2, log_every=10),
+}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def load_corpus(max_chars: int = 1_000_000, seed: int = 0) -> tuple[CharTokenizer, Tensor, Tensor]:
+    """The standard library's source as training and validation ids, split by file.
+
+    As chapter 8: every tenth file (of :func:`python_source_files`, sorted by path) is held out;
+    the tokenizer's characters are the training text's (others map to UNK).
+
+    Returns:
+        ``(tokenizer, train_ids, val_ids)``, the ids as 1-d int64 tensors.
+    """
+    files = python_source_files(max_chars=max_chars, seed=seed)
+    train_text = "\n".join(text for i, (_, text) in enumerate(files) if i % 10)
+    val_text = "\n".join(text for _, text in files[::10])
+    tokenizer = CharTokenizer.from_text(train_text)
+    return tokenizer, tokenizer.encode(train_text), tokenizer.encode(val_text)
+
+
+def get_batch(data: Tensor, batch_size: int, context_length: int, generator: torch.Generator,
+              rank: int = 0, world_size: int = 1) -> tuple[Tensor, Tensor]:
+    """This process's slice of a global batch of random windows of ``data``.
+
+    All processes draw the same ``batch_size * world_size`` window starts from ``generator``
+    (seeded alike) and keep rows ``rank * batch_size`` to ``(rank + 1) * batch_size``, so together
+    they see exactly the batch that one process would draw with ``batch_size * world_size``.
+
+    Args:
+        data: ``(N,)`` token ids, on the device the batch should be on.
+        batch_size: windows for this process.
+        context_length: ``T``.
+        generator: a CPU generator; every process must hold the same state.
+        rank, world_size: this process's place among ``world_size``.
+
+    Returns:
+        ``(x, y)``, both ``(batch_size, T)``: ``y`` is ``x`` shifted left by one.
+    """
+    if len(data) <= context_length + 1:
+        raise ValueError(f"data has {len(data)} tokens, too few for windows of "
+                         f"context_length + 1 = {context_length + 1}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    starts = torch.randint(len(data) - context_length - 1, (batch_size * world_size,),
+                           generator=generator)[rank * batch_size:(rank + 1) * batch_size]
+    offsets = starts.to(data.device)[:, None] + torch.arange(context_length + 1, device=data.device)
+    windows = data[offsets]  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
+                   fused: bool = False) -> torch.optim.AdamW:
+    """AdamW as in GPT-2 and nanoGPT: betas (0.9, 0.95), weight decay on matrices and
+    embeddings only (not on biases and LayerNorm gains); ``fused=True`` uses one kernel for all
+    parameters' updates (``foreach`` otherwise)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused or None,
+                             foreach=None if fused else True)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: torch.device | None) -> tuple[_Dist, torch.device]:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    env = _Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                int(os.environ.get("WORLD_SIZE", 1)))
+    if device is None:
+        device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", env.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return env, device
+
+
+def _mean_over_ranks(value: Tensor, env: _Dist) -> float:
+    if env.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= env.world_size
+    return float(value)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _attention_backends(fused: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if fused else sdpa_kernel(SDPBackend.MATH)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _read_metrics(path: Path, up_to: int) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= up_to]
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
+          device: torch.device | str | None = None, progress: bool = True,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train a GPT as ``config`` says; write ``out/metrics.jsonl`` and ``out/checkpoint/``.
+
+    Under torchrun, every process calls this; see the module's docstring.
+
+    Args:
+        config: the run.
+        out: the output folder (created).
+        resume: go on from ``out/checkpoint`` (exactly: same batches, same updates) if it exists.
+        device: where to train; the GPU of this process's local rank if there is one, else the CPU.
+        progress: show a progress bar (rank 0 only).
+        stop_after: stop after this update, with a checkpoint, as if interrupted (the schedule
+            still spans ``max_steps``); resume later with ``resume=True``.
+
+    Returns:
+        A summary: ``steps``, ``parameters``, ``tokens_per_step``, ``final_loss``, ``val_loss``,
+        ``tokens_per_sec`` (the median of the logged intervals), ``mfu`` (None without a known
+        peak), ``seconds``, ``world_size``, ``device``.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ValueError(f"stop_after must be None or a positive int, got {stop_after!r}")
+    last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+    env, device = _setup_distributed(device)
+    out = Path(out)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    if config.data == "stdlib":
+        tokenizer, train_ids, val_ids = load_corpus(config.max_chars)
+        vocab_size, chars = tokenizer.vocab_size, "".join(tokenizer.chars)
+    else:
+        vocab_size, chars = config.vocab_size, ""
+        n = max(4 * config.context_length, config.batch_size * config.context_length)
+        g = torch.Generator().manual_seed(config.seed + 3)
+        train_ids = torch.randint(vocab_size, (n,), generator=g)
+        val_ids = torch.randint(vocab_size, (n,), generator=g)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
+    gpt_config = config.gpt_config(vocab_size)
+
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model = GPT(gpt_config).to(device)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.fused_adamw)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    start_step, history = 0, []
+    checkpoint = out / "checkpoint"
+    if resume and (checkpoint / "state.pt").exists():
+        state = load_checkpoint(checkpoint, model, optimizer)
+        start_step = state["step"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        history = _read_metrics(out / "metrics.jsonl", start_step)
+    runner: nn.Module = torch.compile(model) if config.compile else model
+    if env.enabled:
+        runner = nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None)
+
+    tokens_per_step = config.batch_size * config.grad_accum * env.world_size * config.context_length
+    peak = peak_flops(device)
+    flops = flops_per_token(gpt_config)
+
+    def val_loss() -> float:
+        runner.eval()
+        g = torch.Generator().manual_seed(config.seed + 2)  # the same windows every time
+        total = torch.zeros((), device=device)
+        micro_batches = config.eval_batches * config.grad_accum  # global batches, as in training
+        with torch.no_grad(), _autocast(device, config.dtype):
+            for _ in range(micro_batches):
+                x, y = get_batch(val_ids, config.batch_size, config.context_length, g,
+                                 env.rank, env.world_size)
+                total += lm_loss(runner(x), y).float()
+        runner.train()
+        return _mean_over_ranks(total / micro_batches, env)
+
+    metrics_path = out / "metrics.jsonl"
+    metrics = None
+    if env.main:
+        metrics = metrics_path.open("w")
+        for line in history:
+            metrics.write(line + "\n")
+        metrics.flush()
+    bar = tqdm(total=config.max_steps, initial=start_step, desc="training", unit="step",
+               disable=not (progress and env.main), file=_progress_file(), dynamic_ncols=True)
+    rates: list[float] = []
+    result: dict[str, Any] = {"final_loss": math.nan, "val_loss": None}
+    began = time.perf_counter()
+    runner.train()
+    with _tf32(config.tf32), _attention_backends(config.fused_attention):
+        _synchronize(device)
+        interval_start, interval_steps = time.perf_counter(), 0
+        for step in range(start_step + 1, last_step + 1):
+            lr = config.lr * warmup_cosine_schedule(step, config.warmup_steps, config.max_steps,
+                                                    config.min_lr / config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                x, y = get_batch(train_ids, config.batch_size, config.context_length, generator,
+                                 env.rank, env.world_size)
+                # DDP averages gradients across processes in backward(); between the
+                # micro-batches of one update there is nothing to average yet
+                last = micro == config.grad_accum - 1
+                sync = runner.no_sync() if env.enabled and not last else contextlib.nullcontext()
+                with sync:
+                    with _autocast(device, config.dtype):
+                        loss = lm_loss(runner(x), y) / config.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                         if config.grad_clip > 0 else None)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            interval_steps += 1
+            bar.update(1)
+
+            evaluate = step % config.eval_every == 0 or step == last_step
+            if step % config.log_every == 0 or evaluate:
+                loss_value = _mean_over_ranks(loss_sum, env)  # waits for the device: a sync
+                elapsed = time.perf_counter() - interval_start
+                rate = tokens_per_step * interval_steps / elapsed
+                rates.append(rate)
+                record: dict[str, Any] = {
+                    "step": step, "loss": round(loss_value, 6), "lr": lr,
+                    "tokens_per_sec": round(rate, 1),
+                    "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                    "mfu": None if peak is None else round(rate * flops / (peak * env.world_size), 5),
+                    "elapsed": round(time.perf_counter() - began, 3),
+                }
+                if evaluate:
+                    record["val_loss"] = round(val_loss(), 6)
+                    result["val_loss"] = record["val_loss"]
+                result["final_loss"] = loss_value
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+                _synchronize(device)
+                interval_start, interval_steps = time.perf_counter(), 0
+
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) \
+                    or step == last_step:
+                if env.main:
+                    save_checkpoint(checkpoint, model, optimizer, step=step,
+                                    generator=generator.get_state(), rng=torch.get_rng_state(),
+                                    config=asdict(config), chars=chars, vocab_size=vocab_size)
+                if env.enabled:
+                    dist.barrier()
+                interval_start = time.perf_counter()  # saving is not training time
+    bar.close()
+    if metrics is not None:
+        metrics.close()
+    median_rate = sorted(rates)[len(rates) // 2] if rates else None
+    result.update({
+        "steps": last_step, "parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_per_step": tokens_per_step, "tokens_per_sec": median_rate,
+        "mfu": None if peak is None or median_rate is None
+        else median_rate * flops / (peak * env.world_size),
+        "seconds": time.perf_counter() - began, "world_size": env.world_size, "device": str(device),
+    })
+    return result
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformer_lib.train",
+        description="Train chapter 8's GPT on the Python standard library's source. Under "
+                    "torchrun, with DistributedDataParallel.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke",
+                        help="a starting configuration; the flags below override it")
+    parser.add_argument("--out", required=True, help="output folder: metrics.jsonl, checkpoint/")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint if present")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, or the CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="stop after update N with a checkpoint, as if interrupted")
+    types = {"int": int, "float": float, "str": str, "int | None": int}
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=types[f.type], default=None,
+                                choices={"dtype": ["float32", "bfloat16"],
+                                         "data": ["stdlib", "random"]}.get(f.name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the command; ``argv`` defaults to ``sys.argv[1:]``."""
+    args = _parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    try:
+        config = replace(PRESETS[args.preset], **overrides)
+    except ValueError as err:
+        _parser().error(str(err))
+    result = train(config, args.out, resume=args.resume, device=args.device,
+                   progress=not args.no_progress, stop_after=args.stop_after)
+    if int(os.environ.get("RANK", 0)) == 0:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+        print(json.dumps(shown), file=sys.stdout)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
