@@ -259,7 +259,9 @@ class GPT(nn.Module):
         if max_len is not None and idx.size(1) > max_len:
             raise ValueError(f"idx has T={idx.size(1)} tokens, more than the model can see: "
                              f"{max_len}{why}; crop it, e.g. idx[:, -context_length:]")
-        low, high = int(idx.min()), int(idx.max())
+        if torch.compiler.is_compiling():  # reading values would split the compiled graph
+            return
+        low, high = int(idx.min()), int(idx.max())  # on a GPU, a wait for the device
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"idx holds ids outside the vocabulary [0, {self.config.vocab_size}): "
                              f"min {low}, max {high}")
