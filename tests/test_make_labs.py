@@ -189,7 +189,8 @@ def answer_lines(nb):
 def test_repository_labs_exist_for_each_solution():
     found = make_labs.solutions()
     assert [p.name for p in found] == ["01_attention_lab.ipynb", "02_multi_head_attention_lab.ipynb",
-                                       "03_encoder_decoder_lab.ipynb", "04_decoding_lab.ipynb"]
+                                       "03_encoder_decoder_lab.ipynb", "04_decoding_lab.ipynb",
+                                       "05_gpu_training_lab.ipynb"]
     for path in found:
         assert (ROOT / "labs" / path.name).exists()
 
