@@ -219,6 +219,14 @@ def test_command_writes_metrics_and_a_checkpoint(tmp_path):
     assert {p.name for p in (tmp_path / "checkpoint").iterdir()} == {"model.safetensors", "state.pt"}
 
 
+def test_help_lists_every_field_with_its_reason():
+    text = tr._parser().format_help()
+    for name in ("--batch-size", "--grad-accum", "--dtype", "--no-compile", "--stop-after"):
+        assert name in text
+    assert "windows per micro-batch in each process" in text  # the comment beside the field
+    assert set(tr._field_reasons()) == {f.name for f in tr.fields(tr.TrainConfig)}
+
+
 def test_command_rejects_bad_flags(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "transformer_lib.train", "--preset", "cpu-smoke",

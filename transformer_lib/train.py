@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -233,13 +235,13 @@ class TrainConfig:
 
     # the model (chapter 8's GPTConfig; the vocabulary comes from the data)
     context_length: int = 128  # T: characters per training window
-    d_model: int = 128  # D
-    num_heads: int = 4  # H
-    num_layers: int = 4  # N
-    dropout: float = 0.0  # small models on this much data do not overfit in a few epochs
-    vocab_size: int | None = None  # None: the tokenizer's; set it for data="random"
+    d_model: int = 128  # D: the width of every position's vector
+    num_heads: int = 4  # H: attention heads per layer; must divide d_model
+    num_layers: int = 4  # N: transformer blocks
+    dropout: float = 0.0  # on embeddings, attention and sub-layer outputs; 0 for short runs
+    vocab_size: int | None = None  # None: the tokenizer's; required with data "random"
     # the data
-    data: str = "stdlib"  # "stdlib": the standard library's source; "random": random ids (speed only)
+    data: str = "stdlib"  # "stdlib": the standard library's source; "random": random ids, for speed
     max_chars: int = 1_000_000  # characters of source to read (every tenth file is held out)
     max_file_bytes: int = 32_000  # larger files are skipped; the whole library is about 10M characters
     # optimization
@@ -252,9 +254,9 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW's, on matrices and embeddings only
     grad_clip: float = 1.0  # the largest global gradient norm; 0 turns clipping off
     # speed
-    dtype: str = "float32"  # "bfloat16": matmuls under autocast in bf16, weights stay float32
+    dtype: str = "float32"  # "bfloat16": autocast runs matmuls and attention in bf16, weights stay float32
     tf32: bool = False  # float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)
-    fused_attention: bool = True  # False forces the unfused math kernel of SDPA
+    fused_attention: bool = True  # off: SDPA's unfused math kernel (a (T, T) matrix per head)
     compile: bool = False  # torch.compile the model
     fused_adamw: bool = False  # one fused kernel for the whole AdamW update
     # bookkeeping
@@ -636,6 +638,15 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
 # --- the command --------------------------------------------------------------------------------
 
 
+def _field_reasons() -> dict[str, str]:
+    """Each TrainConfig field's reason, from the comment beside it (one source for --help)."""
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):  # no source files (a frozen application)
+        return {}
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m transformer_lib.train",
@@ -650,12 +661,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="stop after update N with a checkpoint, as if interrupted")
     types = {"int": int, "float": float, "str": str, "int | None": int}
+    reasons = _field_reasons()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        help_text = reasons.get(f.name, "").replace("%", "%%")
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         else:
-            parser.add_argument(flag, type=types[f.type], default=None,
+            parser.add_argument(flag, type=types[f.type], default=None, help=help_text,
                                 choices={"dtype": ["float32", "bfloat16"],
                                          "data": ["stdlib", "random"]}.get(f.name))
     return parser
