@@ -154,11 +154,13 @@ def test_presets_are_valid_and_gpu_one_is_10_to_20m_parameters():
 # --- training -------------------------------------------------------------------------------------
 
 
-def test_resume_continues_exactly(tmp_path):
-    whole = tr.train(SMOKE, tmp_path / "whole", progress=False)
-    tr.train(SMOKE, tmp_path / "parts", progress=False, stop_after=5)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout, torch's RNG state is restored too
+def test_resume_continues_exactly(tmp_path, dropout):
+    config = replace(SMOKE, dropout=dropout)
+    whole = tr.train(config, tmp_path / "whole", progress=False)
+    tr.train(config, tmp_path / "parts", progress=False, stop_after=5)
     assert [m["step"] for m in read_metrics(tmp_path / "parts")] == [1, 2, 3, 4, 5]
-    resumed = tr.train(SMOKE, tmp_path / "parts", progress=False, resume=True)
+    resumed = tr.train(config, tmp_path / "parts", progress=False, resume=True)
     a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
     assert [m["step"] for m in b] == list(range(1, 13))
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
@@ -166,7 +168,7 @@ def test_resume_continues_exactly(tmp_path):
     assert [m.get("val_loss") for m in a if m["step"] != 5] == \
         [m.get("val_loss") for m in b if m["step"] != 5]
     assert resumed["val_loss"] == whole["val_loss"]
-    model_a, model_b = (GPT(SMOKE.gpt_config(whole_vocab(tmp_path / d))) for d in ("whole", "parts"))
+    model_a, model_b = (GPT(config.gpt_config(whole_vocab(tmp_path / d))) for d in ("whole", "parts"))
     tr.load_checkpoint(tmp_path / "whole" / "checkpoint", model_a)
     tr.load_checkpoint(tmp_path / "parts" / "checkpoint", model_b)
     for p, q in zip(model_a.parameters(), model_b.parameters()):

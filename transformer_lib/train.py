@@ -523,7 +523,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         state = load_checkpoint(checkpoint, model, optimizer)
         start_step = state["step"]
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"])  # dropout's random numbers on the CPU
+        if device.type == "cuda" and state.get("cuda_rng") is not None:  # ... and on the GPU
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         history = _read_metrics(out / "metrics.jsonl", start_step)
     runner: nn.Module = torch.compile(model) if config.compile else model
     if env.enabled:
@@ -617,6 +619,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
                 if env.main:
                     save_checkpoint(checkpoint, model, optimizer, step=step,
                                     generator=generator.get_state(), rng=torch.get_rng_state(),
+                                    cuda_rng=torch.cuda.get_rng_state(device)
+                                    if device.type == "cuda" else None,
                                     config=asdict(config), chars=chars, vocab_size=vocab_size)
                 if env.enabled:
                     dist.barrier()
