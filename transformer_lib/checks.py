@@ -87,17 +87,18 @@ _PACKAGE_DIR = _THIS_FILE.parent
 # --- running a check ---------------------------------------------------------------------------
 
 
-def _isolated(check: Callable[..., None]) -> Callable[..., None]:
+def _isolated(check: Callable[..., None], *, autograd: bool = False) -> Callable[..., None]:
     """Run a check without touching the caller's state: its random numbers come from a forked
-    generator, no autograd graph is built, and PyTorch uses one thread (the tensors are tiny, and
-    several threads on a busy machine can make them a hundred times slower)."""
+    generator, no autograd graph is built (unless ``autograd``: the checks that train a model
+    call ``backward``), and PyTorch uses one thread (the tensors are tiny, and several threads on
+    a busy machine can make them a hundred times slower)."""
 
     @functools.wraps(check)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(autograd):
                 return check(*args, **kwargs)
         finally:
             torch.set_num_threads(threads)
@@ -2563,21 +2564,7 @@ def check_beam_search(fn: Callable[..., Any], *, seed: int = 0) -> None:
 # --- lab 05: efficient training ----------------------------------------------------------------
 
 
-def _isolated_training(check: Callable[..., None]) -> Callable[..., None]:
-    """:func:`_isolated` for the checks that train a model: autograd stays on (they call
-    ``backward``); the random numbers still come from a forked generator, on one thread."""
-
-    @functools.wraps(check)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.random.fork_rng(devices=[]), torch.enable_grad():
-                return check(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
+_isolated_training = functools.partial(_isolated, autograd=True)  # for the checks that train
 
 
 def _as_number(value: Any) -> float | None:
