@@ -204,6 +204,19 @@ def test_bf16_and_math_attention_train(tmp_path):
     assert 2.0 < result["final_loss"] < 6.0
 
 
+@pytest.mark.parametrize("preset", ["gpu", "gpt2-small-bench"])
+def test_gpu_presets_run_shrunk_on_a_cpu(tmp_path, preset):
+    """Every switch of the GPU presets (bf16, TF32, fused AdamW, dropout, random tokens) on a tiny
+    model; compiling is left to lab 5, which runs it."""
+    config = replace(tr.PRESETS[preset], context_length=16, d_model=32, num_heads=2, num_layers=1,
+                     max_chars=50_000, max_file_bytes=32_000, batch_size=2, max_steps=3,
+                     warmup_steps=1, eval_every=3, eval_batches=1, log_every=1, compile=False,
+                     vocab_size=None if preset == "gpu" else 64)
+    result = tr.train(config, tmp_path, device="cpu", progress=False)
+    assert result["steps"] == 3 and 0 < result["val_loss"] < 10
+    assert len(read_metrics(tmp_path)) == 3
+
+
 # --- the command, alone and under torchrun -----------------------------------------------------------
 
 FLAGS = ["--preset", "cpu-smoke", "--max-steps", "8", "--warmup-steps", "2", "--log-every", "1",
