@@ -191,7 +191,7 @@ def test_padding_mask_rejects_bad_tokens():
         ((torch.randn(3, 8), torch.randn(4, 8).double(), torch.randn(4, 5)), {}, r"share a dtype"),
         ((torch.ones(3, 8, dtype=torch.long),) * 3, {}, r"query must be a floating-point tensor"),
         ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 3, 4)}, r"mask must be a bool tensor \(True = may attend\)"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 3, 5, dtype=torch.bool)}, r"mask of shape \(2, 3, 5\) does not broadcast to the attention scores' shape \(2, 3, 4\)"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 3, 5, dtype=torch.bool)}, r"mask of shape \(2, 3, 5\) does not broadcast to the attention scores' shape \(\.\.\., T, S\) = \(2, 3, 4\)"),
         ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 1, 1, 4, dtype=torch.bool)}, r"mask of shape \(2, 1, 1, 4\) does not broadcast"),
         ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"dropout_p": 1.5}, r"dropout_p must be a probability"),
     ],

@@ -284,7 +284,7 @@ def test_bad_constructor_arguments(args, kwargs, pattern):
         (((2, 5, 12), (2, 6, 12), (2, 7, 12)), None, r"key and value must have the same length S"),
         (((2, 5, 12), (3, 7, 12), (3, 7, 12)), None, r"same batch size B"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(5, 5, dtype=torch.bool),
-         r"mask of shape \(5, 5\) does not broadcast to the attention scores' shape \(2, 3, 5, 7\)"),
+         r"mask of shape \(5, 5\) does not broadcast to the attention scores' shape \(\.\.\., T, S\) = \(2, 3, 5, 7\)"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(3, 1, 1, 7, dtype=torch.bool),
          r"mask of shape \(3, 1, 1, 7\) does not broadcast"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(5, 7), r"mask must be a bool tensor"),

@@ -8,11 +8,16 @@ __all__ = ['DecoderLayer', 'Decoder']
 import torch
 from torch import Tensor, nn
 
-# Chapter 4's pieces: the feed-forward network, the residual + norm wrapper, the argument checks.
+# Chapter 1's check of a mask's type and shape.
+from transformer_lib.attention import _check_mask
+
+# Chapter 4's pieces: the feed-forward network, the residual + norm wrapper, the argument checks,
+# the stack of layers.
 from transformer_lib.encoder import (
     FeedForward,
     _check_positive_ints,
     _check_probability,
+    _LayerStack,
     sublayer_connection,
 )
 from transformer_lib.multihead import MultiHeadAttention
@@ -102,23 +107,6 @@ class DecoderLayer(nn.Module):
         return weights[0], weights[1]
 
 
-def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, ...], letters: str) -> None:
-    """A mask is ``None`` or a bool tensor that broadcasts to ``shape``, spelled ``letters``."""
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a bool tensor (True = may attend), got dtype {mask.dtype}")
-    try:
-        fits = torch.broadcast_shapes(mask.shape, shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {letters} = "
-                         f"{tuple(shape)}")
-
-
 def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
                           memory_mask: Tensor | None, attention: MultiHeadAttention) -> None:
     d_model, num_heads = attention.d_model, attention.num_heads
@@ -138,7 +126,7 @@ def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
     _check_mask("memory_mask", memory_mask, torch.Size((B, num_heads, T, S)), "(B, H, T, S)")
 
 
-class Decoder(nn.Module):
+class Decoder(_LayerStack):
     """A stack of ``num_layers`` decoder layers and an optional final layer normalization.
 
     Args:
@@ -153,19 +141,7 @@ class Decoder(nn.Module):
         every layer attends over the same ``memory``; masks as for :class:`DecoderLayer`.
     """
 
-    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int,
-                 dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
-                 layer_norm_eps: float = 1e-5, bias: bool = True,
-                 final_norm: bool | None = None) -> None:
-        super().__init__()
-        _check_positive_ints(num_layers=num_layers)
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias)
-            for _ in range(num_layers)
-        )
-        if final_norm is None:
-            final_norm = norm_first
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+    layer_type = DecoderLayer
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None) -> Tensor:

@@ -148,7 +148,30 @@ class EncoderLayer(nn.Module):
         return sublayer_connection(x, self.ffn, self.norm2, self.dropout, self.norm_first)
 
 
-class Encoder(nn.Module):
+class _LayerStack(nn.Module):
+    """``num_layers`` layers of the class's ``layer_type``, each with its own weights, and an
+    optional final layer normalization: the part that :class:`Encoder` and chapter 5's decoder
+    share (they differ in their layer type and in ``forward``)."""
+
+    layer_type: type[nn.Module]
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int,
+                 dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
+                 layer_norm_eps: float = 1e-5, bias: bool = True,
+                 final_norm: bool | None = None) -> None:
+        super().__init__()
+        _check_positive_ints(num_layers=num_layers)
+        self.layers = nn.ModuleList(
+            self.layer_type(d_model, num_heads, d_ff, dropout, activation, norm_first,
+                            layer_norm_eps, bias)
+            for _ in range(num_layers)
+        )
+        if final_norm is None:
+            final_norm = norm_first
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+
+
+class Encoder(_LayerStack):
     """A stack of ``num_layers`` encoder layers and an optional final layer normalization.
 
     Args:
@@ -163,19 +186,7 @@ class Encoder(nn.Module):
         ``is_causal`` as for :class:`EncoderLayer`.
     """
 
-    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int,
-                 dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
-                 layer_norm_eps: float = 1e-5, bias: bool = True,
-                 final_norm: bool | None = None) -> None:
-        super().__init__()
-        _check_positive_ints(num_layers=num_layers)
-        self.layers = nn.ModuleList(
-            EncoderLayer(d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias)
-            for _ in range(num_layers)
-        )
-        if final_norm is None:
-            final_norm = norm_first
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+    layer_type = EncoderLayer
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         flag = {"is_causal": True} if is_causal else {}  # layers without the flag still work
