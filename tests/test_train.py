@@ -175,6 +175,22 @@ def test_resume_continues_exactly(tmp_path, dropout):
         assert torch.equal(p, q)
 
 
+def test_resume_refuses_other_settings_but_allows_logging_changes(tmp_path):
+    tr.train(SMOKE, tmp_path, progress=False, stop_after=2)
+    with pytest.raises(ValueError, match=r"other settings: batch_size \(8 -> 4\), lr"):
+        tr.train(replace(SMOKE, batch_size=4, lr=1e-3), tmp_path, progress=False, resume=True)
+    result = tr.train(replace(SMOKE, log_every=3), tmp_path, progress=False, resume=True)
+    assert result["steps"] == SMOKE.max_steps
+
+
+def test_command_refuses_to_resume_with_other_settings(tmp_path, capsys):
+    tr.train(SMOKE, tmp_path, progress=False, stop_after=2)
+    with pytest.raises(SystemExit) as info:
+        tr.main(["--preset", "cpu-smoke", "--out", str(tmp_path), "--resume"])
+    assert info.value.code == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
 def whole_vocab(folder):
     state = torch.load(folder / "checkpoint" / "state.pt", weights_only=True)
     return state["state"]["vocab_size"]

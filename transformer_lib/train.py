@@ -463,6 +463,20 @@ def _tf32(enabled: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
+# Fields that a resumed run may change: they decide what is logged and saved, and compiling gives
+# the same numbers (to rounding). Every other field changes the run it would continue.
+_RESUMABLE_CHANGES = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "compile"}
+
+
+def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
+    saved = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["state"]["config"]
+    changed = [f"{name} ({saved[name]!r} -> {value!r})" for name, value in asdict(config).items()
+               if name not in _RESUMABLE_CHANGES and saved.get(name) != value]
+    if changed:
+        raise ValueError(f"cannot resume {checkpoint}: it was saved by a run with other settings: "
+                         f"{', '.join(changed)}. Resume with the same flags, or start a new --out")
+
+
 def _read_metrics(path: Path, up_to: int) -> list[str]:
     if not path.exists():
         return []
@@ -520,6 +534,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     start_step, history = 0, []
     checkpoint = out / "checkpoint"
     if resume and (checkpoint / "state.pt").exists():
+        _check_same_run(checkpoint, config)
         state = load_checkpoint(checkpoint, model, optimizer)
         start_step = state["step"]
         generator.set_state(state["generator"])
@@ -686,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  if getattr(args, f.name) is not None}
     try:
         config = replace(PRESETS[args.preset], **overrides)
+        checkpoint = Path(args.out) / "checkpoint"
+        if args.resume and (checkpoint / "state.pt").exists():
+            _check_same_run(checkpoint, config)
     except ValueError as err:
         _parser().error(str(err))
     result = train(config, args.out, resume=args.resume, device=args.device,
