@@ -1002,15 +1002,11 @@ def check_multi_head_attention(cls: type[nn.Module], *, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     parts = ("output", "weights", "output with need_weights=True")
     cases = _mha_cases(g)
-    modules: dict[int, nn.Module] = {}
+    module_for = _learner_modules(check, cls, MultiHeadAttention, _MHA_NAMES, g)
 
     def learner(case: _Case) -> Any:
         where = case.where
-        if id(case) not in modules:
-            reference = _randomize(MultiHeadAttention(**case.init), g).eval()
-            case.state["reference"] = reference
-            modules[id(case)] = _build(check, cls, case, reference, _MHA_NAMES)
-        module = modules[id(case)]
+        module = module_for(case)
         args, kwargs = case.args()
         out = _call(check, f"running forward on {where}", module, *args, **kwargs)
         pair = _call(check, f"running forward(..., need_weights=True) on {where}", module,
@@ -1099,19 +1095,31 @@ def check_feed_forward(cls: type[nn.Module], *, seed: int = 0) -> None:
     _passed(check, count)
 
 
-def _module_runners(check: str, cls: Any, reference_cls: Any, names: str,
-                    g: torch.Generator) -> tuple[Callable[[_Case], Any], Callable[[_Case], Any]]:
-    """``learner(case)`` and ``reference(case)`` for a layer class with one forward call."""
+def _learner_modules(check: str, cls: Any, reference_cls: Any, names: str,
+                     g: torch.Generator) -> Callable[[_Case], nn.Module]:
+    """``module_for(case)``: the learner's module for a case, built once per case and given the
+    weights of a randomized reference (kept in ``case.state["reference"]``)."""
     modules: dict[int, nn.Module] = {}
 
-    def learner(case: _Case) -> Any:
-        where = case.where
+    def module_for(case: _Case) -> nn.Module:
         if id(case) not in modules:
             reference = _randomize(reference_cls(**case.init), g).eval()
             case.state["reference"] = reference
             modules[id(case)] = _build(check, cls, case, reference, names)
+        return modules[id(case)]
+
+    return module_for
+
+
+def _module_runners(check: str, cls: Any, reference_cls: Any, names: str,
+                    g: torch.Generator) -> tuple[Callable[[_Case], Any], Callable[[_Case], Any]]:
+    """``learner(case)`` and ``reference(case)`` for a layer class with one forward call."""
+    module_for = _learner_modules(check, cls, reference_cls, names, g)
+
+    def learner(case: _Case) -> Any:
+        module = module_for(case)
         args, kwargs = case.args()
-        return _call(check, f"running forward on {where}", modules[id(case)], *args, **kwargs)
+        return _call(check, f"running forward on {case.where}", module, *args, **kwargs)
 
     def reference(case: _Case) -> Any:
         return case.state["reference"](**case.inputs)

@@ -68,6 +68,7 @@ __all__ = [
     "load_corpus",
     "get_batch",
     "make_optimizer",
+    "matmul_and_attention",
     "train",
     "main",
 ]
@@ -449,16 +450,21 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def _attention_backends(fused: bool) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if fused else sdpa_kernel(SDPBackend.MATH)
-
-
 @contextlib.contextmanager
-def _tf32(enabled: bool) -> Iterator[None]:
+def matmul_and_attention(tf32: bool, fused_attention: bool) -> Iterator[None]:
+    """The two global switches of a run, restored on exit.
+
+    Args:
+        tf32: float32 matmuls on TF32 tensor cores
+            (``torch.set_float32_matmul_precision("high")``; ``"highest"`` otherwise).
+        fused_attention: let ``F.scaled_dot_product_attention`` pick a fused kernel; ``False``
+            forces its unfused math kernel (``sdpa_kernel(SDPBackend.MATH)``).
+    """
     before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     try:
-        yield
+        with contextlib.nullcontext() if fused_attention else sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.set_float32_matmul_precision(before)
 
@@ -577,7 +583,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     result: dict[str, Any] = {"final_loss": math.nan, "val_loss": None}
     began = time.perf_counter()
     runner.train()
-    with _tf32(config.tf32), _attention_backends(config.fused_attention):
+    with matmul_and_attention(config.tf32, config.fused_attention):
         _synchronize(device)
         interval_start, interval_steps = time.perf_counter(), 0
         for step in range(start_step + 1, last_step + 1):
