@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
 SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext)
 
-.PHONY: help setup book book-clean test lint check-export check-labs check-notebooks pytest export labs lab clean bench
+.PHONY: help setup book book-clean test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
 
 help:
 	@echo "make book    build the HTML book into _build/html"
@@ -15,6 +15,7 @@ help:
 	@echo "make export  regenerate transformer_lib/ from the chapters"
 	@echo "make labs    regenerate the learner versions labs/*.ipynb from labs/solutions/"
 	@echo "make bench   print benchmark tables"
+	@echo "make portability  every notebook's asserted outcomes under 3 CPU kernel selections x 3 seeds"
 	@echo "make clean   remove build outputs (keeps .venv)"
 
 setup: $(STAMP)
@@ -74,6 +75,13 @@ lab: setup
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Each notebook under three CPU kernel selections and three seeds (about 40 minutes on 2 cores):
+# the value of every asserted outcome in every run, beside its threshold. Pass options with
+# PORTABILITY_FLAGS, e.g. make portability PORTABILITY_FLAGS="--notebooks 04_decoding --force".
+PORTABILITY_FLAGS ?=
+portability: setup
+	$(BIN)/python tools/portability.py $(PORTABILITY_FLAGS)
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

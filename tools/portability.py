@@ -94,6 +94,12 @@ class Run:
         return not self.errors and all(o["passed"] for o in self.outcomes)
 
 
+def shown(path: Path) -> str:
+    """A notebook's path as the table shows it: relative to the repository when inside it."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
 def find_notebooks(patterns: list[str] | None) -> list[Path]:
     found = [p for folder in NOTEBOOK_FOLDERS for p in sorted((ROOT / folder).glob("*.ipynb"))]
     if not patterns:
@@ -131,7 +137,7 @@ def execute_one(notebook: Path, seed: int, record: Path, timeout: int) -> list[s
 
 
 def run(notebook: Path, selection: str, seed: int, timeout: int, threads: int) -> Run:
-    result = Run(notebook.relative_to(ROOT).as_posix(), selection, seed)
+    result = Run(shown(notebook), selection, seed)
     env = {k: v for k, v in os.environ.items()
            if k not in {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"}}
     env.update(SELECTIONS[selection], OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1",

@@ -54,7 +54,9 @@ def expect(name: str, value: float, *, at_least: float | None = None,
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if hasattr(value, "item"):  # a tensor or numpy scalar
+    if hasattr(value, "numel") and value.numel() != 1:
+        raise ValueError(f"value must be one number, got a Tensor with {value.numel()} elements")
+    if hasattr(value, "item"):  # a one-element tensor or a numpy scalar
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"value must be a number, got {type(value).__name__}")
