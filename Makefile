@@ -61,7 +61,13 @@ book book-clean: export TQDM_DISABLE ?= 1
 pytest: setup
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
-test: lint check-export check-labs check-notebooks pytest book-clean
+# `make test` covers two families of CPU kernels at no extra cost: pytest runs the notebooks with
+# this machine's own kernels, the book build runs them again with PyTorch's unvectorized kernels
+# and AVX2-only matmuls (the `baseline` selection of tools/portability.py).
+BASELINE_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
+test: lint check-export check-labs check-notebooks pytest
+	env $(BASELINE_KERNELS) $(MAKE) --no-print-directory book-clean
 	@echo "make test: all checks passed"
 
 export: setup

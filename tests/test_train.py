@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from transformer_lib import GPT, GPTConfig, lm_loss
 from transformer_lib import train as tr
+from transformer_lib.outcomes import expect
 
 SMOKE = replace(tr.PRESETS["cpu-smoke"], max_steps=12, warmup_steps=3, log_every=1, eval_every=6,
                 eval_batches=2, batch_size=8)
@@ -210,14 +211,16 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
 def test_training_lowers_the_loss(tmp_path):
     result = tr.train(replace(tr.PRESETS["cpu-smoke"], max_steps=40), tmp_path, progress=False)
     metrics = read_metrics(tmp_path)
-    assert metrics[0]["loss"] > 4.0 and result["val_loss"] < 3.2, (metrics[0], result)
+    expect("cpu-smoke: first loss", metrics[0]["loss"], at_least=3.9)  # about ln V = 4.1
+    expect("cpu-smoke: validation loss after 40 steps", result["val_loss"], at_most=3.2)
     assert all(m["tokens_per_sec"] > 0 and m["mfu"] is None for m in metrics)  # no known CPU peak
 
 
 def test_bf16_and_math_attention_train(tmp_path):
     config = replace(SMOKE, max_steps=4, warmup_steps=1, dtype="bfloat16", fused_attention=False)
     result = tr.train(config, tmp_path, progress=False)
-    assert 2.0 < result["final_loss"] < 6.0
+    expect("bf16, math attention: loss after 4 steps", result["final_loss"], at_least=2.0,
+           at_most=6.0)
 
 
 @pytest.mark.parametrize("preset", ["gpu", "gpt2-small-bench"])

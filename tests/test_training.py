@@ -31,6 +31,7 @@ from transformer_lib import (
     translate,
     warmup_cosine_schedule,
 )
+from transformer_lib.outcomes import expect
 
 # --- label smoothing ------------------------------------------------------------------------------
 
@@ -295,8 +296,10 @@ def test_trainer_learns_a_tiny_task():
     history = trainer.fit(epochs=10)  # 32 batches per epoch
     assert trainer.step == 320 and history["valid"]["epoch"] == list(range(1, 11))
     assert len(history["train"]["loss"]) == 320 and history["train"]["lr"][19] == pytest.approx(1e-2)
-    assert history["train"]["loss"][-1] < history["train"]["loss"][0] / 5
-    assert history["valid"]["exact_match"][-1] >= 0.9, history["valid"]["exact_match"]
+    expect("Trainer: last loss / first loss", history["train"]["loss"][-1] / history["train"]["loss"][0],
+           at_most=0.2)
+    expect("Trainer: validation exact match after 10 epochs", history["valid"]["exact_match"][-1],
+           at_least=0.9)
 
 
 def test_early_stopping_and_generic_batches():
