@@ -114,3 +114,47 @@ def test_exported_at_top_level():
 
     assert transformer_lib.from_torch is interop.from_torch
     assert "from_torch" in transformer_lib.__all__
+
+
+# --- float64 conversions are exact, every setting is copied (or refused clearly) ------------
+
+
+def test_float64_transformer_conversion_is_exact():
+    # every weight, the stacks' final norms included, is copied without a trip through float32
+    torch.manual_seed(0)
+    theirs = nn.Transformer(16, 4, 2, 2, 32, dropout=0.0, batch_first=True,
+                            dtype=torch.float64).eval()
+    for p in theirs.parameters():  # LayerNorm gains and biases away from 1 and 0
+        p.data.normal_()
+    ours = from_torch(theirs)
+    for (name, a), (_, b) in zip(sorted(theirs.state_dict().items()),
+                                 sorted(from_torch(theirs).state_dict().items())):
+        assert a.dtype == b.dtype == torch.float64, name
+    src, tgt = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 4, 16, dtype=torch.float64)
+    torch.testing.assert_close(ours(src, tgt), theirs(src, tgt), rtol=1e-13, atol=1e-13)
+    for name in ("weight", "bias"):
+        assert torch.equal(getattr(ours.encoder.norm, name), getattr(theirs.encoder.norm, name))
+        assert torch.equal(getattr(ours.decoder.norm, name), getattr(theirs.decoder.norm, name))
+
+
+def test_each_norms_eps_is_copied():
+    layer = nn.TransformerEncoderLayer(8, 2, 16, layer_norm_eps=1e-3, batch_first=True)
+    layer.norm2.eps = 1e-2
+    stack = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, eps=0.5), enable_nested_tensor=False)
+    ours = from_torch(stack)
+    assert [(lay.norm1.eps, lay.norm2.eps) for lay in ours.layers] == [(1e-3, 1e-2)] * 2
+    assert ours.norm.eps == 0.5
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ours.eval()(x), stack.eval()(x))
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_a_final_norm_that_is_not_a_layer_norm_is_a_value_error(stack):
+    if stack == "encoder":
+        module = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), 1,
+                                       norm=nn.RMSNorm(8), enable_nested_tensor=False)
+    else:
+        module = nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16), 1, norm=nn.RMSNorm(8))
+    with pytest.raises(ValueError, match=rf"nn.Transformer{stack.title()}'s norm only as "
+                                         r"nn.LayerNorm \(or None\), got RMSNorm"):
+        from_torch(module)

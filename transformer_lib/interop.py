@@ -154,6 +154,36 @@ def _finish(ours: nn.Module, module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def _copy_norms(ours: nn.Module, layer: nn.Module, names: tuple[str, ...]) -> None:
+    """Copy each LayerNorm's weights and eps (they may differ between a layer's norms).
+
+    ``ours`` already has the source's dtype, so float64 weights are copied exactly."""
+    for name in names:
+        getattr(ours, name).load_state_dict(getattr(layer, name).state_dict())
+        getattr(ours, name).eps = getattr(layer, name).eps
+
+
+def _final_norm(stack: nn.Module) -> nn.LayerNorm | None:
+    """A PyTorch encoder or decoder stack's final norm: None or exactly an ``nn.LayerNorm``."""
+    norm = stack.norm
+    if norm is not None and type(norm) is not nn.LayerNorm:
+        raise ValueError(f"from_torch supports nn.{type(stack).__name__}'s norm only as "
+                         f"nn.LayerNorm (or None), got {type(norm).__name__}")
+    return norm
+
+
+def _copy_final_norm(norm: nn.LayerNorm | None, stack: nn.Module) -> nn.LayerNorm | None:
+    """Our copy of a stack's final norm, built in the stack's dtype first (an exact copy)."""
+    if norm is None:
+        return None
+    ours = _finish(nn.LayerNorm(norm.normalized_shape, eps=norm.eps,
+                                elementwise_affine=norm.elementwise_affine,
+                                bias=norm.bias is not None), stack)
+    ours.load_state_dict(norm.state_dict())
+    return ours
+
+
+@torch.no_grad()
 def _copy_feed_forward(ours: FeedForward, layer: nn.Module) -> None:
     _copy_linear(ours.linear1, layer.linear1.weight, layer.linear1.bias)
     _copy_linear(ours.linear2, layer.linear2.weight, layer.linear2.bias)
@@ -164,21 +194,18 @@ def _from_encoder_layer(module: nn.TransformerEncoderLayer) -> EncoderLayer:
     ours = _finish(EncoderLayer(**_layer_settings(module)), module)
     ours.self_attn = from_torch(module.self_attn)
     _copy_feed_forward(ours.ffn, module)
-    ours.norm1.load_state_dict(module.norm1.state_dict())
-    ours.norm2.load_state_dict(module.norm2.state_dict())
+    _copy_norms(ours, module, ("norm1", "norm2"))
     return ours
 
 
 @_register(nn.TransformerEncoder)
 def _from_encoder(module: nn.TransformerEncoder) -> Encoder:
+    norm = _final_norm(module)
     settings = _layer_settings(module.layers[0])
-    ours = Encoder(len(module.layers), **settings, final_norm=module.norm is not None)
+    ours = _finish(Encoder(len(module.layers), **settings, final_norm=norm is not None), module)
     ours.layers = nn.ModuleList(_from_encoder_layer(layer) for layer in module.layers)
-    if module.norm is not None:
-        ours.norm = nn.LayerNorm(settings["d_model"], eps=module.norm.eps,
-                                 bias=module.norm.bias is not None)
-        ours.norm.load_state_dict(module.norm.state_dict())
-    return _finish(ours, module)
+    ours.norm = _copy_final_norm(norm, module)
+    return ours
 
 
 # --- decoder layers and stacks (chapter 5) ---------------------------------------------------
@@ -196,25 +223,17 @@ def _from_decoder_layer(module: nn.TransformerDecoderLayer) -> DecoderLayer:
     ours.self_attn = from_torch(module.self_attn)
     ours.cross_attn = from_torch(module.multihead_attn)  # PyTorch's name for cross-attention
     _copy_feed_forward(ours.ffn, module)
-    for name in ("norm1", "norm2", "norm3"):
-        getattr(ours, name).load_state_dict(getattr(module, name).state_dict())
-        getattr(ours, name).eps = getattr(module, name).eps
+    _copy_norms(ours, module, ("norm1", "norm2", "norm3"))
     return ours
 
 
 @_register(nn.TransformerDecoder)
 def _from_decoder(module: nn.TransformerDecoder) -> Decoder:
-    norm = module.norm
-    if norm is not None and type(norm) is not nn.LayerNorm:
-        raise ValueError(f"from_torch supports nn.TransformerDecoder's norm only as nn.LayerNorm "
-                         f"(or None), got {type(norm).__name__}")
+    norm = _final_norm(module)
     settings = _layer_settings(module.layers[0])
     ours = _finish(Decoder(len(module.layers), **settings, final_norm=norm is not None), module)
     ours.layers = nn.ModuleList(from_torch(layer) for layer in module.layers)  # own weights each
-    if norm is not None:
-        ours.norm = _finish(nn.LayerNorm(settings["d_model"], eps=norm.eps,
-                                         bias=norm.bias is not None), module)
-        ours.norm.load_state_dict(norm.state_dict())
+    ours.norm = _copy_final_norm(norm, module)
     return ours
 
 
