@@ -269,6 +269,57 @@ def test_command_rejects_bad_flags(tmp_path):
     assert done.returncode == 2 and "warmup_steps must be < max_steps" in done.stderr
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--out", ""], "out must name a folder, got an empty string"),
+    (["--device", "tpu"], "device must be cpu, cuda or cuda:N, got 'tpu'"),
+    (["--device", "cuda:x"], "device must be cpu, cuda or cuda:N, got 'cuda:x'"),
+    (["--vocab-size", "5"], "vocab_size must be at least the"),
+    (["--max-chars", "10"], "max_chars=10 (with max_file_bytes=32000) gives 0 training"),
+    (["--lr", "1e300"], "lr must be a finite number within float32's range"),
+    (["--grad-clip", "nan"], "grad_clip must be a finite number"),
+    (["--resume", "--overwrite"], "resume and overwrite exclude each other"),
+])
+def test_command_rejects_bad_settings_in_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                   flags, message):
+    monkeypatch.chdir(tmp_path)  # --out "" must not train into the current folder
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        tr.main(["--preset", "cpu-smoke", "--max-steps", "3", "--warmup-steps", "1",
+                 "--no-progress", "--out", str(out), *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m transformer_lib.train: error:")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folder
+
+
+def test_command_names_a_cuda_device_it_cannot_use(tmp_path, capsys):
+    if torch.cuda.is_available():  # a GPU machine: ask for one it does not have
+        device, message = "cuda:99", "device 'cuda:99': this machine has"
+    else:
+        device, message = "cuda", "device 'cuda' needs a CUDA GPU, and this PyTorch sees none"
+    with pytest.raises(SystemExit):
+        tr.main(["--preset", "cpu-smoke", "--out", str(tmp_path / "run"), "--device", device])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_earlier_run_is_never_overwritten_silently(tmp_path, capsys):
+    tr.train(SMOKE, tmp_path, progress=False, stop_after=2)
+    before = {p.name: p.read_bytes() for p in [tmp_path / "metrics.jsonl",
+                                               *(tmp_path / "checkpoint").iterdir()]}
+    with pytest.raises(tr.ConfigError, match="already holds a run .metrics.jsonl and checkpoint."):
+        tr.train(SMOKE, tmp_path, progress=False)
+    with pytest.raises(SystemExit):
+        tr.main(["--preset", "cpu-smoke", "--out", str(tmp_path), "--no-progress"])
+    assert "pass --resume to continue it, --overwrite to delete it" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in [tmp_path / "metrics.jsonl",
+                                              *(tmp_path / "checkpoint").iterdir()]}
+    assert after == before
+    # --overwrite starts over: the new run's metrics alone, from step 1
+    tr.train(replace(SMOKE, max_steps=4), tmp_path, progress=False, overwrite=True)
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
 def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     """Two gloo processes with 4 windows each (and 2 micro-batches of 2) = one process with 8."""
     run_command(*FLAGS, "--batch-size", "8", "--out", str(tmp_path / "one"))

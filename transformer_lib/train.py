@@ -34,7 +34,9 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -60,6 +62,7 @@ __all__ = [
     "PEAK_BF16_FLOPS",
     "PRESETS",
     "TrainConfig",
+    "ConfigError",
     "flops_per_token",
     "peak_flops",
     "measured_matmul_flops",
@@ -275,6 +278,12 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be an int, got {value!r}")
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"{f.name} must be a bool, got {value!r}")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not abs(value) <= torch.finfo(torch.float32).max):
+                # the optimizer computes in float32: a larger (or infinite, or NaN) value
+                # would fail in the middle of the first update
+                raise ValueError(f"{f.name} must be a finite number within float32's range "
+                                 f"(|x| <= 3.4e38), got {value!r}")
         for name in ("context_length", "d_model", "num_heads", "num_layers", "max_chars",
                      "max_file_bytes", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
                      "log_every"):
@@ -339,6 +348,13 @@ PRESETS: dict[str, TrainConfig] = {
                                     dtype="bfloat16", tf32=True, compile=True, fused_adamw=True,
                                     eval_every=60, eval_batches=2, log_every=10),
 }
+
+
+class ConfigError(ValueError):
+    """A setting of a run that cannot work (a flag's value, the output folder, the device).
+
+    :func:`train` raises it before any work starts, and before it writes anything; the command
+    prints it as a one-line usage error."""
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -427,7 +443,7 @@ def _setup_distributed(device: torch.device | None) -> tuple[_Dist, torch.device
                 int(os.environ.get("WORLD_SIZE", 1)))
     if device is None:
         device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = _checked_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env.local_rank)
     if device.type == "cuda":
@@ -435,6 +451,59 @@ def _setup_distributed(device: torch.device | None) -> tuple[_Dist, torch.device
     if env.enabled and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return env, device
+
+
+def _checked_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device that this PyTorch can train on, or a ConfigError."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {str(device)!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} needs a CUDA GPU, and this PyTorch sees none "
+                              f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
+                              f"use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _run_folder(out: str | Path, resume: bool, overwrite: bool) -> Path:
+    """The output folder, or a ConfigError when it would lose an earlier run's results."""
+    if isinstance(out, str) and not out.strip():
+        raise ConfigError("out must name a folder, got an empty string")
+    if not isinstance(out, (str, Path)):
+        raise ConfigError(f"out must be a str or a Path, got {type(out).__name__}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out must be a folder, and {out} is a file")
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run in "
+                          "out, overwrite deletes it")
+    earlier = [name for name in ("metrics.jsonl", "checkpoint") if (out / name).exists()]
+    if earlier and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a run ({' and '.join(earlier)}): pass --resume to "
+                          f"continue it, --overwrite to delete it and start over, or choose "
+                          f"another --out")
+    return out
+
+
+def _write_text_whole(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, flushed, then renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _mean_over_ranks(value: Tensor, env: _Dist) -> float:
@@ -492,7 +561,7 @@ def _read_metrics(path: Path, up_to: int) -> list[str]:
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
           device: torch.device | str | None = None, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train a GPT as ``config`` says; write ``out/metrics.jsonl`` and ``out/checkpoint/``.
 
     Under torchrun, every process calls this; see the module's docstring.
@@ -505,11 +574,17 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         progress: show a progress bar (rank 0 only).
         stop_after: stop after this update, with a checkpoint, as if interrupted (the schedule
             still spans ``max_steps``); resume later with ``resume=True``.
+        overwrite: delete the run that ``out`` already holds and start over. Without it (or
+            ``resume``), a folder that holds ``metrics.jsonl`` or ``checkpoint/`` is refused.
 
     Returns:
         A summary: ``steps``, ``parameters``, ``tokens_per_step``, ``final_loss``, ``val_loss``,
         ``tokens_per_sec`` (the median of the logged intervals), ``mfu`` (None without a known
         peak), ``seconds``, ``world_size``, ``device``.
+
+    Raises:
+        ConfigError: a setting that cannot work (the output folder, the device, a vocabulary
+            smaller than the data's, too little data), before anything is written.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -517,20 +592,33 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
                                    or stop_after < 1):
         raise ValueError(f"stop_after must be None or a positive int, got {stop_after!r}")
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+    out = _run_folder(out, resume, overwrite)  # every rank checks, before rank 0 writes anything
     env, device = _setup_distributed(device)
-    out = Path(out)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
 
     if config.data == "stdlib":
         tokenizer, train_ids, val_ids = load_corpus(config.max_chars, config.max_file_bytes)
         vocab_size, chars = tokenizer.vocab_size, "".join(tokenizer.chars)
+        if config.vocab_size is not None and config.vocab_size < vocab_size:
+            raise ConfigError(f"vocab_size must be at least the {vocab_size} characters of the "
+                              f"data's tokenizer (or unset), got {config.vocab_size}")
+        if min(len(train_ids), len(val_ids)) <= config.context_length + 1:
+            raise ConfigError(f"max_chars={config.max_chars} (with max_file_bytes="
+                              f"{config.max_file_bytes}) gives {len(train_ids)} training and "
+                              f"{len(val_ids)} validation characters; each must exceed "
+                              f"context_length + 1 = {config.context_length + 1}: raise max_chars")
     else:
         vocab_size, chars = config.vocab_size, ""
         n = max(4 * config.context_length, config.batch_size * config.context_length)
         g = torch.Generator().manual_seed(config.seed + 3)
         train_ids = torch.randint(vocab_size, (n,), generator=g)
         val_ids = torch.randint(vocab_size, (n,), generator=g)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:  # start over: nothing of the earlier run may mix with this one
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if env.enabled:
+        dist.barrier()  # no rank reads the folder before rank 0 has cleared it
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)
     gpt_config = config.gpt_config(vocab_size)
 
@@ -573,11 +661,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
 
     metrics_path = out / "metrics.jsonl"
     metrics = None
-    if env.main:
-        metrics = metrics_path.open("w")
-        for line in history:
-            metrics.write(line + "\n")
-        metrics.flush()
+    if env.main:  # the lines up to the checkpoint's step, replaced whole, then appended to
+        _write_text_whole(metrics_path, "".join(line + "\n" for line in history))
+        metrics = metrics_path.open("a")
     bar = tqdm(total=config.max_steps, initial=start_step, desc="training", unit="step",
                disable=not (progress and env.main), file=_progress_file(), dynamic_ncols=True)
     rates: list[float] = []
@@ -682,6 +768,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="a starting configuration; the flags below override it")
     parser.add_argument("--out", required=True, help="output folder: metrics.jsonl, checkpoint/")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint if present")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run that OUT holds and start over (without it, or "
+                             "--resume, a folder holding a run is refused)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, or the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, metavar="N",
@@ -713,8 +802,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             _check_same_run(checkpoint, config)
     except ValueError as err:
         _parser().error(str(err))
-    result = train(config, args.out, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, stop_after=args.stop_after)
+    try:
+        result = train(config, args.out, resume=args.resume, device=args.device,
+                       progress=not args.no_progress, stop_after=args.stop_after,
+                       overwrite=args.overwrite)
+    except ConfigError as err:
+        _parser().error(str(err))
     if int(os.environ.get("RANK", 0)) == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
         print(json.dumps(shown), file=sys.stdout)
