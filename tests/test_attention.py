@@ -166,6 +166,32 @@ def test_padding_mask_values():
     assert padding_mask(tokens, 5)[1, 0, 0].tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize("pad_id", [0.5, None, "0", True, torch.tensor(0.0), torch.tensor([0, 1])])
+def test_padding_mask_rejects_a_pad_id_that_is_not_an_int(pad_id):
+    with pytest.raises(ValueError, match="pad_id must be an int token id, got"):
+        padding_mask(torch.tensor([[7, 8, 0]]), pad_id)
+
+
+def test_padding_mask_takes_integer_pad_ids_of_any_kind():
+    import numpy as np
+
+    tokens = torch.tensor([[7, 8, 0]])
+    for pad_id in (0, np.int64(0), torch.tensor(0)):
+        assert padding_mask(tokens, pad_id)[0, 0, 0].tolist() == [True, True, False]
+
+
+def test_half_precision_scores_stay_finite_where_torch_does():
+    # unscaled, these dot products are 64 * 40 * 40 = 102400 > 65504, float16's largest value
+    q = torch.full((1, 2, 3, 64), 40.0, dtype=torch.float16)
+    k = torch.full((1, 2, 4, 64), 40.0, dtype=torch.float16)
+    v = torch.randn(1, 2, 4, 64, dtype=torch.float16)
+    out, weights = scaled_dot_product_attention(q, k, v, mask=causal_mask(4)[:3])
+    assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                              attn_mask=causal_mask(4)[:3])
+    torch.testing.assert_close(out.float(), expected, atol=2e-3, rtol=2e-3)
+
+
 @pytest.mark.parametrize("size", [0, -3, 2.5, "4", True, None])
 def test_causal_mask_rejects_bad_size(size):
     with pytest.raises(ValueError, match="size"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = ['causal_mask', 'padding_mask', 'scaled_dot_product_attention']
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,12 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
         raise ValueError(f"tokens must have shape (B, S), got shape {tuple(tokens.shape)}")
     if tokens.is_floating_point() or tokens.is_complex():
         raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    if isinstance(pad_id, bool):
+        raise ValueError(f"pad_id must be an int token id, got {pad_id!r}")
+    try:
+        pad_id = operator.index(pad_id)  # an int, a NumPy integer or an integer 0-d tensor
+    except TypeError:
+        raise ValueError(f"pad_id must be an int token id, got {pad_id!r}") from None
     return (tokens != pad_id)[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
 
 
@@ -127,7 +134,9 @@ def scaled_dot_product_attention(
     _check_attention_args(query, key, value, mask, dropout_p)
     if scale is None:
         scale = 1.0 / math.sqrt(query.size(-1))
-    scores = (query @ key.transpose(-2, -1)) * scale  # (..., T, Dk) @ (..., Dk, S) -> (..., T, S)
+    # the query is scaled before the product (the same scores): in float16, an unscaled dot
+    # product of a wide head can pass 65504, the largest float16, and become inf
+    scores = (query * scale) @ key.transpose(-2, -1)  # (..., T, Dk) @ (..., Dk, S) -> (..., T, S)
     if mask is not None:
         # the most negative finite value, not -inf: a row with no allowed key must not give NaN
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
