@@ -172,6 +172,9 @@ def test_fully_masked_rows_give_no_nan_forward_or_backward():
         ({"d_ff": 0}, r"d_ff must be a positive int"),
         ({"num_heads": 2.0}, r"num_heads must be a positive int"),
         ({"dropout": 1.5}, r"dropout must be a probability"),
+        ({"layer_norm_eps": 0}, r"layer_norm_eps must be a positive finite number, got 0"),
+        ({"layer_norm_eps": -1.0}, r"layer_norm_eps must be a positive finite number, got -1.0"),
+        ({"layer_norm_eps": float("inf")}, r"layer_norm_eps must be a positive finite number"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, pattern):

@@ -152,6 +152,10 @@ def test_dropout_only_in_training():
         (lambda: EncoderLayer(10, 3, 16), "d_model must be divisible by num_heads"),
         (lambda: EncoderLayer(8, 2, 16, activation="tanh"), "activation must be one of"),
         (lambda: Encoder(0, 8, 2, 16), "num_layers must be a positive int"),
+        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps=0.0), "layer_norm_eps must be a positive finite"),
+        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps=-1e-5), "layer_norm_eps must be a positive"),
+        (lambda: Encoder(2, 8, 2, 16, layer_norm_eps=float("nan")), "layer_norm_eps must be a positive"),
+        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps="1e-5"), "layer_norm_eps must be a positive"),
     ],
 )
 def test_bad_constructor_arguments(build, pattern):

@@ -296,6 +296,17 @@ def test_bad_forward_arguments_on_both_paths(shapes, mask, pattern, need_weights
         layer(*(torch.randn(*s) for s in shapes), mask=mask, need_weights=need_weights)
 
 
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_an_input_of_another_dtype_is_named(need_weights):
+    layer, x = MultiHeadAttention(8, 2), torch.randn(2, 3, 8)
+    for args, name in (((x.double(), x, x), "query"), ((x, x, x.half()), "value")):
+        with pytest.raises(ValueError, match=rf"{name} must have the dtype of the layer's weights, "
+                                             r"torch.float32, got torch.float(64|16)"):
+            layer(*args, need_weights=need_weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert layer(x, x, x).dtype == torch.bfloat16
+
+
 def test_non_tensor_input_raises_type_error():
     with pytest.raises(TypeError, match=r"key must be a torch.Tensor of shape \(B, S, D\)"):
         MultiHeadAttention(4, 2)(torch.randn(1, 2, 4), [[[0.0] * 4]], torch.randn(1, 1, 4))

@@ -15,6 +15,7 @@ from transformer_lib.attention import _check_mask
 # the stack of layers.
 from transformer_lib.encoder import (
     FeedForward,
+    _check_layer_norm_eps,
     _check_positive_ints,
     _check_probability,
     _LayerStack,
@@ -51,6 +52,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
         _check_probability("dropout", dropout)
+        _check_layer_norm_eps(layer_norm_eps)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)

@@ -26,6 +26,12 @@ def _check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
 
 
+def _check_layer_norm_eps(value: float) -> None:
+    # eps keeps the division by the standard deviation finite: 0 or less gives inf or NaN
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"layer_norm_eps must be a positive finite number, got {value!r}")
+
+
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -119,6 +125,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
         _check_probability("dropout", dropout)
+        _check_layer_norm_eps(layer_norm_eps)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
         self.ffn = FeedForward(d_model, d_ff, dropout=dropout, activation=activation, bias=bias)

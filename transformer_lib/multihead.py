@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ['MultiHeadAttention']
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -151,6 +152,14 @@ class MultiHeadAttention(nn.Module):
         if not query.size(0) == key.size(0) == value.size(0):
             raise ValueError(f"query, key and value must have the same batch size B, got "
                              f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}")
+        weight = self.q_proj.weight
+        if torch.is_autocast_enabled(query.device.type):
+            return  # autocast picks each product's dtype itself
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dtype != weight.dtype:
+                raise ValueError(f"{name} must have the dtype of the layer's weights, {weight.dtype}, "
+                                 f"got {t.dtype}: convert the input with .to({weight.dtype}) or the "
+                                 f"layer with .to({t.dtype})")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}"
