@@ -63,8 +63,11 @@ pytest: setup
 
 # `make test` covers two families of CPU kernels at no extra cost: pytest runs the notebooks with
 # this machine's own kernels, the book build runs them again with PyTorch's unvectorized kernels
-# and AVX2-only matmuls (the `baseline` selection of tools/portability.py).
-BASELINE_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+# and AVX2-only matmuls (the `baseline` selection of tools/portability.py), with a torch.compile
+# cache of its own: the default cache does not tell kernel selections apart, and code compiled
+# for this machine's kernels fails to build under the baseline ones.
+BASELINE_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+	TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/_build/.inductor-baseline
 
 test: lint check-export check-labs check-notebooks pytest
 	env $(BASELINE_KERNELS) $(MAKE) --no-print-directory book-clean

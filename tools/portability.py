@@ -142,6 +142,9 @@ def run(notebook: Path, selection: str, seed: int, timeout: int, threads: int) -
            if k not in {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"}}
     env.update(SELECTIONS[selection], OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1",
                MPLBACKEND="Agg")
+    # torch.compile's cache does not tell kernel selections apart: code compiled for AVX-512
+    # and reused under ATEN_CPU_CAPABILITY=avx2 gives NaN, and fails to build under default
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"portability-inductor-{selection}")
     with tempfile.TemporaryDirectory(prefix="portability-") as tmp:
         record, errors_file = Path(tmp) / "outcomes.jsonl", Path(tmp) / "errors.json"
         start = time.perf_counter()
