@@ -30,7 +30,7 @@ def _bound(value: float | None, argument: str) -> float | None:
 
 
 def expect(name: str, value: float, *, at_least: float | None = None,
-           at_most: float | None = None) -> float:
+           at_most: float | None = None) -> None:
     """Assert that a measured figure lies within its bounds, and report it.
 
     Prints ``name: value (asserted >= at_least)``; records it for ``tools/portability.py``
@@ -43,8 +43,8 @@ def expect(name: str, value: float, *, at_least: float | None = None,
         at_least: the smallest value that passes (inclusive), or None.
         at_most: the largest value that passes (inclusive), or None.
 
-    Returns:
-        ``value`` as a float.
+    Returns nothing, so that a check at the end of a notebook cell adds no ``Out[...]`` line
+    beside the one it prints.
 
     Raises:
         ValueError: when ``name`` is empty, ``value`` is not a finite number, or neither
@@ -79,4 +79,3 @@ def expect(name: str, value: float, *, at_least: float | None = None,
     if not passed:
         raise AssertionError(f"{name} = {value:.4g}, expected {bounds}")
     print(f"{name}: {value:.4g} (asserted {bounds})")
-    return value
