@@ -59,12 +59,15 @@ from transformer_lib.interop import from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
 from transformer_lib.training import (
+    CheckpointError,
     Trainer,
     bleu,
     clip_grad_norm,
     exact_match,
     label_smoothed_cross_entropy,
+    latest_checkpoint,
     load_checkpoint,
+    read_checkpoint_state,
     save_checkpoint,
     seq2seq_loss,
     transformer_schedule,
@@ -121,7 +124,10 @@ __all__ = [
     'transformer_schedule',
     'warmup_cosine_schedule',
     'clip_grad_norm',
+    'CheckpointError',
     'save_checkpoint',
+    'latest_checkpoint',
+    'read_checkpoint_state',
     'load_checkpoint',
     'Trainer',
     'translate',

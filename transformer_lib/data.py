@@ -193,9 +193,14 @@ class Seq2SeqTokenizer:
         """ids -> text: ``<pad>`` and BOS are dropped, decoding stops at the first EOS, and
         ``<unk>`` reads as ``"<unk>"``."""
         if isinstance(ids, Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"ids must be one sequence, a 1-d tensor or a list of ints, got a "
+                                 f"tensor of shape {tuple(ids.shape)}: decode each row")
             ids = ids.tolist()
         out = []
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise ValueError(f"ids must be one sequence of ints, got an element {i!r}")
             if not 0 <= i < len(self.tokens):
                 raise ValueError(f"ids contains {i}, outside the vocabulary [0, {len(self.tokens)})")
             if i == self.eos_id:

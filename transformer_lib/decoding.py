@@ -109,6 +109,8 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_
     """
     _check_decoding_args(model, src, max_len, bos_id, eos_id)
     B = src.size(0)
+    if B == 0:  # no sources, no outputs (nothing to encode)
+        return []
     src_mask = _memory_mask(src_mask, B, src.size(1))
     step = _stepper(model, model.encode(src, src_mask), src_mask, use_cache)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
@@ -173,6 +175,8 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
     if length_alpha < 0:
         raise ValueError(f"length_alpha must be >= 0, got {length_alpha!r}")
     B, S, k = src.size(0), src.size(1), beam_size
+    if B == 0:  # no sources, no outputs (nothing to encode)
+        return ([], []) if return_scores else []
     device = src.device
     src_mask = _memory_mask(src_mask, B, S)
     memory = model.encode(src, src_mask)  # (B, S, D): each source is encoded once

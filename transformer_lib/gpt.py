@@ -105,6 +105,8 @@ class CharTokenizer:
 
     def encode(self, text: str) -> Tensor:
         """``text`` -> ``(len(text),)`` int64 ids; characters outside the vocabulary get id 0."""
+        if not isinstance(text, str):  # bytes would give one UNK per byte, silently
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         return torch.tensor([self._ids.get(c, self.unk_id) for c in text], dtype=torch.long)
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:
@@ -296,6 +298,15 @@ def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | N
         raise ValueError(f"top_p must be None or a probability in (0, 1], got {top_p!r}")
 
 
+def _largest_logits(logits: Tensor) -> Tensor:
+    """Each row's largest logit, ``(..., 1)``; a ValueError if one is not finite."""
+    row_max = logits.amax(dim=-1, keepdim=True)
+    if not torch.isfinite(row_max).all():
+        raise ValueError("logits must have a finite largest value in every row: a row of -inf "
+                         "leaves no token to pick, and +inf or NaN is not a score")
+    return row_max
+
+
 def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> Tensor:
     r"""The distribution :func:`sample_next_token` draws from.
@@ -323,9 +334,12 @@ def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None
     _check_sampling_args(temperature, top_k, top_p)
     logits = logits.float() if logits.dtype != torch.float64 else logits
     V = logits.size(-1)
+    row_max = _largest_logits(logits)  # (..., 1)
     if temperature == 0:
         return F.one_hot(logits.argmax(dim=-1), V).to(logits.dtype)
-    logits = logits / temperature
+    # minus each row's largest logit (the softmax is the same): the top logit becomes 0, so even a
+    # tiny temperature cannot overflow it to inf (inf / inf would be NaN)
+    logits = (logits - row_max) / temperature
     if top_k is not None and top_k < V:
         top = logits.topk(top_k, dim=-1).indices  # (..., k)
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
@@ -352,6 +366,7 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
     _check_sampling_args(temperature, top_k, top_p)
+    _largest_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = next_token_probs(logits, temperature, top_k, top_p)

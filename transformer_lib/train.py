@@ -53,7 +53,9 @@ from tqdm.auto import tqdm
 from transformer_lib.gpt import GPT, CharTokenizer, GPTConfig, lm_loss, python_source_files
 from transformer_lib.training import (
     _progress_file,
+    latest_checkpoint,
     load_checkpoint,
+    read_checkpoint_state,
     save_checkpoint,
     warmup_cosine_schedule,
 )
@@ -545,7 +547,7 @@ _RESUMABLE_CHANGES = {"eval_every", "eval_batches", "log_every", "checkpoint_eve
 
 
 def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
-    saved = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["state"]["config"]
+    saved = read_checkpoint_state(checkpoint)["config"]
     changed = [f"{name} ({saved[name]!r} -> {value!r})" for name, value in asdict(config).items()
                if name not in _RESUMABLE_CHANGES and saved.get(name) != value]
     if changed:
@@ -554,9 +556,18 @@ def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
 
 
 def _read_metrics(path: Path, up_to: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` up to step ``up_to`` (a resumed run rewrites the rest)."""
     if not path.exists():
         return []
-    return [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= up_to]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the process was killed
+            continue
+        if record["step"] <= up_to:
+            kept.append(line)
+    return kept
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -628,7 +639,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     generator = torch.Generator().manual_seed(config.seed + 1)
     start_step, history = 0, []
     checkpoint = out / "checkpoint"
-    if resume and (checkpoint / "state.pt").exists():
+    if resume and latest_checkpoint(checkpoint) is not None:
         _check_same_run(checkpoint, config)
         state = load_checkpoint(checkpoint, model, optimizer)
         start_step = state["step"]
@@ -798,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         config = replace(PRESETS[args.preset], **overrides)
         checkpoint = Path(args.out) / "checkpoint"
-        if args.resume and (checkpoint / "state.pt").exists():
+        if args.resume and latest_checkpoint(checkpoint) is not None:
             _check_same_run(checkpoint, config)
     except ValueError as err:
         _parser().error(str(err))

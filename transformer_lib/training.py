@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
-__all__ = ['label_smoothed_cross_entropy', 'seq2seq_loss', 'transformer_schedule', 'warmup_cosine_schedule', 'clip_grad_norm', 'save_checkpoint', 'load_checkpoint', 'Trainer', 'translate', 'exact_match', 'bleu']
+__all__ = ['label_smoothed_cross_entropy', 'seq2seq_loss', 'transformer_schedule', 'warmup_cosine_schedule', 'clip_grad_norm', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint', 'read_checkpoint_state', 'load_checkpoint', 'Trainer', 'translate', 'exact_match', 'bleu']
 
 import copy
+import dataclasses
+import json
 import math
+import os
+import pickle
+import shutil
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sacrebleu.metrics import BLEU
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
@@ -165,6 +172,10 @@ _MODEL_FILE, _STATE_FILE = "model.safetensors", "state.pt"
 _PLAIN_TYPES = (type(None), bool, int, float, str)  # what torch.load(weights_only=True) rebuilds
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: a file damaged, or one made for another model."""
+
+
 def _check_plain(value: Any, name: str) -> None:
     """Raise ValueError unless ``value`` is made of tensors, plain values and plain containers."""
     if type(value) in _PLAIN_TYPES or isinstance(value, Tensor):
@@ -183,16 +194,47 @@ def _check_plain(value: Any, name: str) -> None:
                      f"things torch.load(weights_only=True) can read back")
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """A hidden sibling of ``path``: ``dir/.name.new`` and ``dir/.name.old`` during a save."""
+    return path.parent / f".{path.name}.{suffix}"
+
+
+def _sync(path: Path) -> None:
+    """Flush a file, or a folder's list of names, from the OS's cache to the disk."""
+    if path.is_dir() and os.name != "posix":
+        return  # folders cannot be opened for syncing elsewhere; their renames are still atomic
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _model_config(model: nn.Module) -> str | None:
+    """The model's config (``model.config``, a dataclass) as JSON, or None if it has none."""
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return None
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     **state: Any) -> Path:
     """Save a model's weights, an optimizer's state and plain training state into the folder ``path``.
 
     ``path/model.safetensors`` holds the weights (a tensor shared by two names, such as tied
-    embeddings, is stored once); ``path/state.pt`` holds ``{"optimizer": ..., "state": state}``,
-    for :func:`load_checkpoint` to read with ``torch.load(weights_only=True)``.
+    embeddings, is stored once) and the model's config, if it has one; ``path/state.pt`` holds
+    ``{"optimizer": ..., "state": state}``, for :func:`load_checkpoint` to read with
+    ``torch.load(weights_only=True)``.
+
+    The folder is replaced whole or not at all: the files are written into ``.NAME.new`` beside
+    it and flushed to disk; then the old folder is renamed to ``.NAME.old``, the new one to
+    ``path``, and the old one deleted. Whenever the process dies, a whole checkpoint survives,
+    the previous one or the new one (between the two renames, :func:`load_checkpoint` reads
+    ``.NAME.new``, and the next save finishes the swap).
 
     Args:
-        path: the folder, created if needed; files already in it are replaced.
+        path: the folder, created if needed; a checkpoint already there is replaced.
         model: the model whose ``state_dict`` to save.
         optimizer: its ``state_dict`` is saved too, if given.
         **state: anything else to keep (step, epoch, RNG states, metric history...): tensors,
@@ -204,11 +246,99 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     for key, value in state.items():
         _check_plain(value, repr(key))
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path / _MODEL_FILE))
+    new, old = _beside(path, "new"), _beside(path, "old")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and new.exists() and old.exists():  # died between the two renames
+        os.replace(new, path)
+    shutil.rmtree(new, ignore_errors=True)  # a save that died half-way, or nothing
+    shutil.rmtree(old, ignore_errors=True)
+    new.mkdir()
+    config = _model_config(model)
+    save_model(model, str(new / _MODEL_FILE), metadata=None if config is None else {"config": config})
     torch.save({"optimizer": None if optimizer is None else optimizer.state_dict(), "state": state},
-               path / _STATE_FILE)
+               new / _STATE_FILE)
+    for file in (new / _MODEL_FILE, new / _STATE_FILE, new):
+        _sync(file)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    _sync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def latest_checkpoint(path: str | Path) -> Path | None:
+    """The folder that holds the checkpoint saved at ``path``, or None if there is none.
+
+    That is ``path`` itself, except after a process died between the two renames of
+    :func:`save_checkpoint`: then the whole new checkpoint is still in ``.NAME.new`` beside it.
+    """
+    path = Path(path)
+    for folder in (path, _beside(path, "new")):
+        if folder == path or _beside(path, "old").exists():  # .new is whole once .old exists
+            if all((folder / name).is_file() for name in (_MODEL_FILE, _STATE_FILE)):
+                return folder
+    return None
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    file = folder / _STATE_FILE
+    if not zipfile.is_zipfile(file):  # torch.save writes a zip archive: this one was cut or overwritten
+        raise CheckpointError(f"{file} is damaged and cannot be read (not a torch.save archive)")
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise  # not plain data: refused, never run
+    except Exception as err:  # a truncated or overwritten file: zip, EOF or OS errors
+        raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty'})") from err
+    if not (isinstance(saved, dict) and set(saved) == {"optimizer", "state"}):
+        raise CheckpointError(f"{file} is not the state file of a checkpoint")
+    return saved
+
+
+def _read_weights(folder: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    file = folder / _MODEL_FILE
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+    except Exception as err:  # a truncated or overwritten file
+        raise CheckpointError(f"{file} is damaged and cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty'})") from err
+
+
+def _check_fits(model: nn.Module, tensors: dict[str, Tensor], metadata: dict[str, str],
+                file: Path) -> None:
+    """Raise CheckpointError unless the weights in ``file`` fit ``model``: names, shapes, config."""
+    saved_config, config = metadata.get("config"), _model_config(model)
+    if saved_config is not None and config is not None and saved_config != config:
+        a, b = json.loads(saved_config), json.loads(config)
+        changed = [f"{k} ({a.get(k)!r} saved, {b.get(k)!r} in the model)"
+                   for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        raise CheckpointError(f"{file} was saved from a model with another config: "
+                              f"{', '.join(changed)}")
+    expected = model.state_dict()
+    storage = {name: (t.data_ptr(), t.shape) for name, t in expected.items()}
+    saved_storage = {storage[name] for name in tensors if name in storage}
+    # a name the file leaves out is fine when the model ties it to one that is in the file
+    missing = [n for n in expected if n not in tensors and storage[n] not in saved_storage]
+    unexpected = [n for n in tensors if n not in expected]
+    wrong = [f"{n} {tuple(tensors[n].shape)} saved, {tuple(expected[n].shape)} in the model"
+             for n in tensors if n in expected and tensors[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                 for label, names in (("missing", missing), ("not in the model", unexpected),
+                                      ("other shapes", wrong)) if names]
+        raise CheckpointError(f"{file} does not fit this model ({'; '.join(parts)})")
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The ``**state`` of the checkpoint at ``path``, without loading its weights (to compare a
+    run's settings with the ones it was saved with, say). Raises as :func:`load_checkpoint`."""
+    folder = latest_checkpoint(path)
+    if folder is None:
+        raise FileNotFoundError(f"{path} is not a checkpoint: {_MODEL_FILE} or {_STATE_FILE} missing")
+    return _read_state(folder)["state"]
 
 
 def load_checkpoint(path: str | Path, model: nn.Module,
@@ -217,26 +347,43 @@ def load_checkpoint(path: str | Path, model: nn.Module,
 
     Nothing is unpickled freely: the weights come from safetensors, the rest through
     ``torch.load(weights_only=True)``, which raises ``pickle.UnpicklingError`` on anything but
-    tensors and plain values.
+    tensors and plain values. Everything is read and checked before anything changes: a
+    checkpoint that does not fit leaves ``model`` and ``optimizer`` as they were.
 
     Args:
         path: the checkpoint's folder.
         model: a model of the same architecture; its weights are replaced (strictly: every name
-            must match).
+            and shape must match, and the config, when both the checkpoint and ``model.config``
+            have one).
         optimizer: an optimizer over ``model``'s parameters, whose state is replaced.
 
     Returns:
         The ``**state`` given to :func:`save_checkpoint`.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no checkpoint.
+        CheckpointError: a file is damaged (the message names it), or the checkpoint is for
+            another model or optimizer.
     """
     path = Path(path)
-    for name in (_MODEL_FILE, _STATE_FILE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint: {name} is missing")
-    saved = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
-    load_model(model, str(path / _MODEL_FILE), strict=True)
+    folder = latest_checkpoint(path)
+    if folder is None:
+        missing = [n for n in (_MODEL_FILE, _STATE_FILE) if not (path / n).is_file()]
+        raise FileNotFoundError(f"{path} is not a checkpoint: {' and '.join(missing)} missing")
+    saved = _read_state(folder)
+    tensors, metadata = _read_weights(folder)
+    _check_fits(model, tensors, metadata, folder / _MODEL_FILE)
     if optimizer is not None:
         if saved["optimizer"] is None:
-            raise ValueError(f"optimizer was given, but the checkpoint {path} has no optimizer state")
+            raise CheckpointError(f"optimizer was given, but the checkpoint {path} has no "
+                                  f"optimizer state")
+        groups = [len(g["params"]) for g in saved["optimizer"]["param_groups"]]
+        if groups != [len(g["params"]) for g in optimizer.param_groups]:
+            raise CheckpointError(f"the optimizer state in {folder / _STATE_FILE} is for "
+                                  f"parameter groups of sizes {groups}, and the optimizer has "
+                                  f"{[len(g['params']) for g in optimizer.param_groups]}")
+    load_model(model, str(folder / _MODEL_FILE), strict=True)
+    if optimizer is not None:
         optimizer.load_state_dict(saved["optimizer"])
     return saved["state"]
 
