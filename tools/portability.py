@@ -185,10 +185,10 @@ def threshold(outcome: dict) -> str:
 
 def table(runs: list[Run]) -> str:
     """Markdown: a row per (notebook, outcome), a column per (selection, seed)."""
-    columns = list(dict.fromkeys(r.column for r in runs))
     lines = []
     for notebook in dict.fromkeys(r.notebook for r in runs):
         mine = {r.column: r for r in runs if r.notebook == notebook}
+        columns = list(mine)  # in the runs' order: by selection, then seed
         names: dict[str, str] = {}
         for r in mine.values():
             for o in r.outcomes:
@@ -199,10 +199,9 @@ def table(runs: list[Run]) -> str:
         for name, bound in names.items():
             cells, margins = [], []
             for column in columns:
-                r = mine.get(column)
-                found = [o for o in (r.outcomes if r else []) if o["name"] == name]
+                found = [o for o in mine[column].outcomes if o["name"] == name]
                 if not found:
-                    cells.append("n/a" if r is None else "missing")
+                    cells.append("missing")
                     continue
                 o = found[-1]
                 cells.append(f"{o['value']:.4g}" + ("" if o["passed"] else " FAIL"))
@@ -210,8 +209,9 @@ def table(runs: list[Run]) -> str:
                     if bound_value is not None:
                         margins.append(sign * (o["value"] - bound_value))
             worst = f"{min(margins):+.3g}" if margins else "-"
-            lines.append(f"| {name} | {bound} | " + " | ".join(cells) + f" | {worst} |")
-        times = " | ".join(f"{mine[c].seconds:.0f} s" if c in mine else "n/a" for c in columns)
+            shown_name = name.replace("|", "\\|")  # a pipe would end the table's cell
+            lines.append(f"| {shown_name} | {bound} | " + " | ".join(cells) + f" | {worst} |")
+        times = " | ".join(f"{mine[c].seconds:.0f} s" for c in columns)
         lines.append(f"| *wall time* | | {times} | |")
         lines.append("")
         for r in mine.values():
