@@ -224,7 +224,7 @@ def test_load_checkpoint_errors(tmp_path):
     save_checkpoint(tmp_path, model)
     with pytest.raises(ValueError, match="optimizer"):
         load_checkpoint(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"another config: d_ff \(32 saved, 64 in the model\)"):
         load_checkpoint(tmp_path, Transformer(_config(d_ff=64)))
 
 
