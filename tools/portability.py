@@ -43,9 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformer_lib.outcomes import OUTCOMES_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_FOLDERS = ("chapters", "labs/solutions")
-OUTCOMES_ENV = "TRANSFORMER_LIB_OUTCOMES"  # the same name as transformer_lib.outcomes.OUTCOMES_ENV
 
 SELECTIONS: dict[str, dict[str, str]] = {
     "native": {},

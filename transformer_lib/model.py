@@ -16,7 +16,7 @@ from transformer_lib.embeddings import (
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
-from transformer_lib.encoder import ACTIVATIONS, Encoder
+from transformer_lib.encoder import ACTIVATIONS, Encoder, _check_layer_norm_eps
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,7 @@ class TransformerConfig:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
-                or not 0 < self.layer_norm_eps < float("inf"):
-            raise ValueError(f"layer_norm_eps must be a positive finite number, got "
-                             f"{self.layer_norm_eps!r}")
+        _check_layer_norm_eps(self.layer_norm_eps)  # chapter 4's check, the same message
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {self.activation!r}")
