@@ -1,0 +1,69 @@
+"""Lab checks: each compares a learner's function or class with the package's reference, and
+on failure names the likely mistake.
+
+Hand-written (not generated from a chapter). One engine (``engine.py``: cases, comparisons,
+diffs, known mistakes and their diagnosis, calling the learner's code) and one module per lab:
+
+=====================  =============================================================
+``lab01_attention``    ``check_attention``, ``check_causal_mask``, ``check_padding_mask``
+``lab02_multihead``    ``check_split_heads``, ``check_merge_heads``, ``check_multi_head_attention``
+``lab03_layers``       ``check_feed_forward``, ``check_sublayer_connection``,
+                       ``check_encoder_layer``, ``check_decoder_layer``
+``lab04_decoding``     ``check_greedy_decode``, ``check_sequence_log_prob``,
+                       ``check_top_candidates``, ``check_beam_search``
+``lab05_training``     ``check_flops_per_token``, ``check_train_step``, ``check_lr_schedule``,
+                       ``check_resume``
+=====================  =============================================================
+
+Use them as ``from transformer_lib import checks; checks.check_attention(my_attention)``.
+"""
+
+from transformer_lib.checks.lab01_attention import (
+    check_attention,
+    check_causal_mask,
+    check_padding_mask,
+)
+from transformer_lib.checks.lab02_multihead import (
+    check_merge_heads,
+    check_multi_head_attention,
+    check_split_heads,
+)
+from transformer_lib.checks.lab03_layers import (
+    check_decoder_layer,
+    check_encoder_layer,
+    check_feed_forward,
+    check_sublayer_connection,
+)
+from transformer_lib.checks.lab04_decoding import (
+    check_beam_search,
+    check_greedy_decode,
+    check_sequence_log_prob,
+    check_top_candidates,
+)
+from transformer_lib.checks.lab05_training import (
+    check_flops_per_token,
+    check_lr_schedule,
+    check_resume,
+    check_train_step,
+)
+
+__all__ = [
+    "check_attention",
+    "check_causal_mask",
+    "check_padding_mask",
+    "check_split_heads",
+    "check_merge_heads",
+    "check_multi_head_attention",
+    "check_feed_forward",
+    "check_sublayer_connection",
+    "check_encoder_layer",
+    "check_decoder_layer",
+    "check_greedy_decode",
+    "check_sequence_log_prob",
+    "check_top_candidates",
+    "check_beam_search",
+    "check_flops_per_token",
+    "check_train_step",
+    "check_lr_schedule",
+    "check_resume",
+]

@@ -1,0 +1,455 @@
+"""The engine of the lab checks: cases, comparisons, diffs, known mistakes and their diagnosis,
+and calling the learner's code. Hand-written (not generated from a chapter); the checks
+themselves live in one module per lab (``lab01_attention.py`` ... ``lab05_training.py``), and
+``tests/test_checks*.py`` hold the catalogue of wrong implementations they must diagnose.
+
+Every check runs the learner's code on random inputs (from its own seeded generator, so the
+notebook's random state is left alone) over the cases learners get wrong: keys and values of
+different sizes, padding and causal masks, queries that may attend to nothing, both norm
+placements, batches whose items need different answers. For a class, the check builds the
+library's module with the same arguments, sets **every** parameter to random values (LayerNorm
+gains and biases included), loads them into the learner's module by the contract's names, and
+compares the two in eval mode.
+
+* On success a check prints one line: ``check_attention: all 7 cases pass``.
+* On failure it raises ``AssertionError`` naming the likely mistake. It finds it by computing
+  known-wrong variants of the reference (no scale, softmax over the queries, mask inverted,
+  heads split without a transpose, norm in the wrong place, ...) and asking which one the
+  learner's output matches on every case so far; failing that, it looks at properties of the
+  output (NaN, weights on masked keys, rows that do not sum to one). The message also shows the
+  case and a small diff. Decoders are run on hand-made table models, whose answers are known and
+  whose sources need different answers, and on small random Transformers; their diff shows the
+  learner's sequences next to the expected ones. The training checks (lab 05) train tiny GPTs,
+  with autograd on (plain SGD shows a gradient's scale, which AdamW would hide), and compare the
+  parameters after each update; a count of FLOPs or a learning rate is compared as a number.
+* An exception inside the learner's code is reported as such (``AssertionError: your code raised
+  ...``, with the learner's lines); a ``NotImplementedError`` from a lab's stub becomes a
+  friendly ``NotImplementedError`` saying which exercise is not done yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+RTOL, ATOL = 1e-4, 1e-5  # float32 agreement: different but correct orders of operations pass
+STUB = re.compile(r"^(Exercise \d+ \(.*\)): write your code here$", re.DOTALL)
+THIS_FILE = Path(__file__).resolve()
+TORCH_DIR = Path(torch.__file__).resolve().parent
+PACKAGE_DIR = THIS_FILE.parents[1]  # transformer_lib/
+
+
+# --- running a check ---------------------------------------------------------------------------
+
+
+def isolated(check: Callable[..., None], *, autograd: bool = False) -> Callable[..., None]:
+    """Run a check without touching the caller's state: its random numbers come from a forked
+    generator, no autograd graph is built (unless ``autograd``: the checks that train a model
+    call ``backward``), and PyTorch uses one thread (the tensors are tiny, and several threads on
+    a busy machine can make them a hundred times slower)."""
+
+    @functools.wraps(check)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(autograd):
+                return check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+# --- calling the learner's code -------------------------------------------------------------
+
+
+def learner_frames(err: BaseException, limit: int = 3) -> list[str]:
+    """The learner's own lines from a traceback: not the package's, not PyTorch's."""
+    frames = traceback.extract_tb(err.__traceback__)
+    keep = []
+    for frame in frames:
+        path = Path(frame.filename).resolve()
+        if PACKAGE_DIR in path.parents or TORCH_DIR in path.parents:
+            continue
+        keep.append(frame)
+    if not keep and frames:
+        keep = [frames[-1]]
+    lines = []
+    for frame in keep[-limit:]:
+        code = f": {frame.line.strip()}" if frame.line else ""
+        lines.append(f"    line {frame.lineno}, in {frame.name}{code}")
+    return lines
+
+
+ERROR_HINTS = [
+    ("view size is not compatible", "after a transpose the tensor's memory is no longer in order, "
+     "so .view cannot regroup it: use .reshape(...), or .contiguous().view(...)"),
+    ("must match the size of tensor", "two tensors' shapes do not line up; print the shapes "
+     "of what you combine, and compare them with the shape legend (B, H, T, S, D, Dh)"),
+    ("cannot be converted to Scalar", "the batch has several sources, so this tensor has one "
+     "value per source: test them all at once, for example done |= next_token == eos_id, then "
+     "done.all()"),
+    ("Boolean value of Tensor with more than one value", "the batch has several sources, so "
+     "this comparison gives one bool per source: combine them with .all() or .any(), or keep "
+     "them in a (B,) bool tensor"),
+    ("a checkpoint holds only tensors", "save_checkpoint's keyword arguments are plain values: "
+     "pass the model and the optimizer as its second and third arguments, and a generator's "
+     "state as generator=generator.get_state() (a tensor; restore it with generator.set_state)"),
+]
+
+
+def call_learner(check: str, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's code; turn its exceptions into messages about the learner's code."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError as err:
+        stub = STUB.match(str(err))
+        if stub:
+            message = (f"{check}: {stub.group(1)} is not done yet. Replace the line "
+                       f"`raise NotImplementedError(...)` with your code, run that cell, then run "
+                       f"this check again.")
+        else:
+            message = (f"{check}: your code raised NotImplementedError({str(err)!r}): some part "
+                       f"of it is not written yet.")
+        raise NotImplementedError(message) from None
+    except Exception as err:
+        lines = [f"{check}: your code raised {type(err).__name__}: {err}", *learner_frames(err),
+                 f"  while {where}"]
+        for pattern, hint in ERROR_HINTS:
+            if pattern in str(err):
+                lines.append(f"  hint: {hint}")
+        raise AssertionError("\n".join(lines)) from None
+
+
+# --- cases, comparisons and diffs -----------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One test case: a name, the inputs, and (for classes) constructor arguments."""
+
+    name: str
+    inputs: dict[str, Any]
+    init: dict[str, Any] = field(default_factory=dict)
+    repeat: bool = False  # call twice and require the same output (dropout must be off in eval)
+    state: dict[str, Any] = field(default_factory=dict)  # the reference module, for variants
+    where: str = ""  # "case 2 of 7 (...)", set when the case runs
+    positional: int = 0  # how many leading inputs are passed by position (the rest by keyword)
+    init_positional: int = 0  # the same for the constructor arguments
+
+    def args(self) -> tuple[list[Any], dict[str, Any]]:
+        items = list(self.inputs.items())
+        return [v for _, v in items[:self.positional]], dict(items[self.positional:])
+
+    def init_args(self) -> tuple[list[Any], dict[str, Any]]:
+        items = list(self.init.items())
+        return [v for _, v in items[:self.init_positional]], dict(items[self.init_positional:])
+
+    def describe(self) -> str:
+        parts = []
+        for key, value in self.inputs.items():
+            if isinstance(value, Tensor):
+                parts.append(f"{key} {tuple(value.shape)}")
+            elif isinstance(value, (int, float, bool, str)) or value is None:
+                parts.append(f"{key}={value!r}")
+        text = f"{self.name}: " + ", ".join(parts)
+        if self.init:
+            text += "; built with " + ", ".join(f"{k}={v!r}" for k, v in self.init.items())
+        return text
+
+
+def as_tuple(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def close(a: Any, b: Any) -> bool:
+    """Same shape and dtype kind, equal to float32 rounding; NaN matches NaN."""
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
+        return False
+    if a.dtype == torch.bool or b.dtype == torch.bool:
+        return a.dtype == b.dtype and bool((a == b).all())
+    return torch.allclose(a.double(), b.double(), rtol=RTOL, atol=ATOL, equal_nan=True)
+
+
+def same(got: Any, want: Any) -> bool:
+    got, want = as_tuple(got), as_tuple(want)
+    return len(got) == len(want) and all(close(a, b) for a, b in zip(got, want))
+
+
+def fmt_number(value: float | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def fmt_row(t: Tensor, limit: int = 6) -> str:
+    values = t.flatten().tolist()
+    text = ", ".join(fmt_number(v) for v in values[:limit])
+    return f"[{text}{', ...' if len(values) > limit else ''}]"
+
+
+def diff_tensor(name: str, got: Any, want: Tensor) -> str | None:
+    """A few lines locating the largest difference; ``None`` if the tensors agree."""
+    if not isinstance(got, Tensor):
+        return f"  {name}: yours is a {type(got).__name__}, expected a tensor of shape {tuple(want.shape)}"
+    if got.shape != want.shape:
+        return f"  {name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+    if close(got, want):
+        return None
+    if want.dtype == torch.bool or got.dtype == torch.bool:
+        wrong = got.bool() != want
+        count = int(wrong.sum())
+        lines = [f"  {name}: {count} of {want.numel()} entries differ (1 = True, 0 = False)"]
+        if want.dim() == 2 and want.size(0) <= 8:
+            for i in range(want.size(0)):
+                lines.append(f"    row {i}: yours {fmt_row(got[i].bool(), 8)}   expected {fmt_row(want[i], 8)}")
+        else:
+            index = tuple(int(i) for i in wrong.nonzero()[0])
+            lines.append(f"    yours    {fmt_row(got.bool()[index[:-1]], 8)} at {list(index[:-1])}")
+            lines.append(f"    expected {fmt_row(want[index[:-1]], 8)}")
+        return "\n".join(lines)
+    g, w = got.detach().double(), want.detach().double()
+    err = (g - w).abs()
+    err = torch.where(torch.isnan(g) & torch.isnan(w), torch.zeros_like(err), err)
+    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
+    flat = int(err.flatten().argmax())
+    index = []
+    for size in reversed(want.shape):
+        index.append(flat % size)
+        flat //= size
+    index = index[::-1]
+    worst = err[tuple(index)].item()
+    bad = int((err > ATOL + RTOL * w.abs().nan_to_num()).sum())
+    what = "NaN" if math.isinf(worst) else f"largest difference {worst:.3g}"
+    head = f"  {name}: {what} at {index} ({bad} of {want.numel()} numbers differ)"
+    if want.dim() == 0:
+        return f"{head}\n    yours {fmt_number(g.item())}, expected {fmt_number(w.item())}"
+    if not (want.is_floating_point() or got.is_floating_point()):
+        g, w = g.long(), w.long()  # token ids and indices: show them as integers
+    at = "[" + ", ".join([str(i) for i in index[:-1]] + [":"]) + "]"
+    return "\n".join([head, f"    yours    {at} = {fmt_row(g[tuple(index[:-1])])}",
+                      f"    expected {at} = {fmt_row(w[tuple(index[:-1])])}"])
+
+
+def diff(got: Any, want: Any, parts: Sequence[str]) -> str:
+    got, want = as_tuple(got), as_tuple(want)
+    lines = []
+    for i, (name, a, b) in enumerate(zip(parts, got, want)):
+        if any(want[j] is b and close(got[j], a) for j in range(i)):
+            continue  # the same tensor again (MultiHeadAttention's two outputs): shown already
+        if diff := diff_tensor(name, a, b):
+            lines.append(diff)
+    return "\n".join(lines)
+
+
+Variant = tuple[Any, Callable[[Case], Any]]  # (diagnosis: str or f(case) -> str, output of a bug)
+
+
+def matches(variant: Callable[[Case], Any], seen: list[tuple[Case, Any]], parts: slice) -> bool:
+    for case, got in seen:
+        try:
+            out = variant(case)
+        except Exception:
+            return False
+        if not same(as_tuple(got)[parts], as_tuple(out)[parts]):
+            return False
+    return True
+
+
+def close_shape(got: Sequence[Any], want: Any) -> bool:
+    """The first part of ``got`` is a tensor of the expected shape."""
+    first, expected = got[0] if got else None, as_tuple(want)[0]
+    return isinstance(first, Tensor) and first.shape == expected.shape
+
+
+def diagnose(variants: Sequence[Variant], seen: list[tuple[Case, Any]], want: Any,
+              parts_only: bool = False) -> str | None:
+    """The first known mistake whose output the learner's matches on every case so far.
+
+    A mistake counts only if it changes the result of the failing case (the part compared):
+    a mask that is ignored explains nothing in a case without a mask.
+    """
+    case, got = seen[-1]
+    for parts in (slice(0, 1),) if parts_only else (slice(None), slice(0, 1)):
+        if same(as_tuple(got)[parts], as_tuple(want)[parts]):
+            continue  # this part is right: the mistake is elsewhere
+        for diagnosis, variant in variants:
+            if matches(variant, seen, parts):
+                return diagnosis(case) if callable(diagnosis) else diagnosis
+    return None
+
+
+def run_cases(
+    check: str,
+    cases: Sequence[Case],
+    learner: Callable[[Case], Any],
+    reference: Callable[[Case], Any],
+    *,
+    parts: Sequence[str] = ("output",),
+    variants: Sequence[Variant] = (),
+    structure: Callable[[Any, Any, Case], str | None] | None = None,
+    hints: Callable[[Any, Any, Case], str | None] | None = None,
+    total: int | None = None,
+) -> int:
+    """Run every case; raise an AssertionError with a diagnosis at the first failure."""
+    seen: list[tuple[Case, Any]] = []
+    for number, case in enumerate(cases, 1):
+        where = case.where = f"case {number} of {total or len(cases)} ({case.describe()})"
+        got = learner(case)
+        want = reference(case)
+        problem = structure(got, want, case) if structure else None
+        if problem is not None and isinstance(got, (tuple, list)) and close_shape(got, want):
+            # the output is fine in form: a known mistake may explain both it and the problem
+            diagnosis = diagnose(variants, [*seen, (case, got)], want, parts_only=True)
+            problem = f"{diagnosis} ({problem})" if diagnosis else problem
+        if problem is None and case.repeat:
+            again = learner(case)
+            if not same(got, again):
+                problem = ("your output changes from one call to the next in eval mode: dropout "
+                           "must act only in training mode (use an nn.Dropout submodule, or pass "
+                           "training=self.training / dropout_p only when self.training)")
+        if problem is None and same(got, want):
+            seen.append((case, got))
+            continue
+        details = ""
+        if problem is None:
+            seen.append((case, got))
+            problem = diagnose(variants, seen, want) or (hints(got, want, case) if hints else None)
+            problem = problem or ("your output differs from the reference, and it matches none of "
+                                  "the common mistakes this check knows; compare your code with "
+                                  "the equations above, step by step")
+            details = "\n" + diff(got, want, parts)
+        raise AssertionError(f"{check}: {problem}\n  in {where}{details}")
+    return len(cases)
+
+
+def passed(check: str, count: int) -> None:
+    print(f"{check}: all {count} cases pass")
+
+
+def structure_problem(parts: Sequence[str], got: Any, want: Any) -> str | None:
+    """Type, count, shape and dtype problems, which no numeric diagnosis can explain."""
+    got_t, want_t = as_tuple(got), as_tuple(want)
+    if len(want_t) > 1 and not isinstance(got, (tuple, list)):
+        return (f"return a tuple ({', '.join(parts)}); yours returned a single "
+                f"{type(got).__name__}")
+    if len(got_t) != len(want_t):
+        return f"return {len(want_t)} values ({', '.join(parts)}); yours returned {len(got_t)}"
+    for name, a in zip(parts, got_t):
+        if not isinstance(a, Tensor):
+            return f"the {name} must be a torch.Tensor; yours is a {type(a).__name__}"
+    if len(want_t) == 2 and got_t[0].shape == want_t[1].shape and got_t[1].shape == want_t[0].shape \
+            and want_t[0].shape != want_t[1].shape:
+        return f"return ({parts[0]}, {parts[1]}) in this order; yours are the other way round"
+    for name, a, b in zip(parts, got_t, want_t):
+        if a.shape != b.shape:
+            return f"the shape of the {name} is {tuple(a.shape)}, expected {tuple(b.shape)}"
+        if a.dtype != b.dtype:
+            return (f"the dtype of the {name} is {a.dtype}, expected {b.dtype} (keep the inputs' "
+                    f"dtype; a mask is a bool tensor)")
+    return None
+
+
+# --- random tensors and modules -------------------------------------------------------------
+
+
+def randn(g: torch.Generator, *shape: int, std: float = 1.0) -> Tensor:
+    return torch.randn(*shape, generator=g) * std
+
+
+@torch.no_grad()
+def randomize(module: nn.Module, g: torch.Generator) -> nn.Module:
+    """Every parameter random: weights ~ N(0, 1.5 / fan_in), biases ~ N(0, 0.5),
+    LayerNorm gains ~ 1 + N(0, 0.3) (so a check sees a norm that is left at 1 and 0)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            p.copy_(randn(g, *p.shape, std=1.5 / math.sqrt(p.shape[-1])))
+        elif name.split(".")[-1] == "weight":  # a LayerNorm gain
+            p.copy_(1.0 + randn(g, *p.shape, std=0.3))
+        else:
+            p.copy_(randn(g, *p.shape, std=0.5))
+    return module
+
+
+def build_module(check: str, cls: Any, case: Case, reference: nn.Module, names_hint: str) -> nn.Module:
+    """Instantiate the learner's class and load the reference's (random) parameters into it."""
+    where = case.where
+    args, kwargs = case.init_args()
+    module = call_learner(check, f"building {getattr(cls, '__name__', cls)}({format_kwargs(case.init)}) for "
+                   f"{where}", cls, *args, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise AssertionError(f"{check}: your class must be an nn.Module (class ...(nn.Module)); "
+                             f"calling it gave a {type(module).__name__}")
+    want = reference.state_dict()
+    have = module.state_dict()
+    params = dict(module.named_parameters())
+    missing = [f"{n} {tuple(t.shape)}" for n, t in want.items() if n not in have]
+    extra = [f"{n} {tuple(t.shape)}" for n, t in params.items() if n not in want]
+    wrong = [f"{n}: yours {tuple(have[n].shape)}, expected {tuple(t.shape)}"
+             for n, t in want.items() if n in have and have[n].shape != t.shape]
+    if missing or extra or wrong:
+        lines = [f"{check}: your module's parameters do not match the contract's names and shapes, "
+                 f"so the check cannot give it the reference's weights ({where})"]
+        if missing:
+            lines.append("  missing: " + ", ".join(missing))
+        if extra:
+            lines.append("  not in the contract: " + ", ".join(extra))
+        if wrong:
+            lines.append("  wrong shape: " + "; ".join(wrong))
+        lines.append(f"  {names_hint}")
+        raise AssertionError("\n".join(lines))
+    module.load_state_dict(want, strict=False)
+    return module.eval()
+
+
+def format_kwargs(init: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in init.items())
+
+
+
+
+def learner_modules(check: str, cls: Any, reference_cls: Any, names: str,
+                     g: torch.Generator) -> Callable[[Case], nn.Module]:
+    """``module_for(case)``: the learner's module for a case, built once per case and given the
+    weights of a randomized reference (kept in ``case.state["reference"]``)."""
+    modules: dict[int, nn.Module] = {}
+
+    def module_for(case: Case) -> nn.Module:
+        if id(case) not in modules:
+            reference = randomize(reference_cls(**case.init), g).eval()
+            case.state["reference"] = reference
+            modules[id(case)] = build_module(check, cls, case, reference, names)
+        return modules[id(case)]
+
+    return module_for
+
+
+def module_runners(check: str, cls: Any, reference_cls: Any, names: str,
+                    g: torch.Generator) -> tuple[Callable[[Case], Any], Callable[[Case], Any]]:
+    """``learner(case)`` and ``reference(case)`` for a layer class with one forward call."""
+    module_for = learner_modules(check, cls, reference_cls, names, g)
+
+    def learner(case: Case) -> Any:
+        module = module_for(case)
+        args, kwargs = case.args()
+        return call_learner(check, f"running forward on {case.where}", module, *args, **kwargs)
+
+    def reference(case: Case) -> Any:
+        return case.state["reference"](**case.inputs)
+
+    return learner, reference
+
+
+isolated_training = functools.partial(isolated, autograd=True)  # for the checks that train
