@@ -15,9 +15,12 @@ diffs, known mistakes and their diagnosis, calling the learner's code) and one m
                        ``check_resume``
 =====================  =============================================================
 
-Use them as ``from transformer_lib import checks; checks.check_attention(my_attention)``.
+Use them as ``from transformer_lib import checks; checks.check_attention(my_attention)``. In a
+notebook, a failed check shows its message first and, of the traceback, only the line of the cell
+that called it (``engine.show_in_notebook``).
 """
 
+from transformer_lib.checks.engine import install_notebook_display
 from transformer_lib.checks.lab01_attention import (
     check_attention,
     check_causal_mask,
@@ -46,6 +49,8 @@ from transformer_lib.checks.lab05_training import (
     check_resume,
     check_train_step,
 )
+
+install_notebook_display()
 
 __all__ = [
     "check_attention",

@@ -64,10 +64,55 @@ def isolated(check: Callable[..., None], *, autograd: bool = False) -> Callable[
         try:
             with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(autograd):
                 return check(*args, **kwargs)
+        except (AssertionError, NotImplementedError) as err:
+            err.from_check = check.__name__  # type: ignore[attr-defined]  # see show_in_notebook
+            raise
         finally:
             torch.set_num_threads(threads)
 
     return wrapper
+
+
+# --- how a verdict looks in a notebook ---------------------------------------------------------
+
+
+def show_in_notebook(shell: Any, etype: type[BaseException], value: BaseException, tb: Any,
+                     tb_offset: int | None = None) -> list[str]:
+    """IPython's handler for AssertionError and NotImplementedError: a check's verdict shows its
+    message first and then only the learner's own line (the cell's call of the check), without
+    the check's frames; any other exception gets IPython's usual traceback."""
+    check = getattr(value, "from_check", None)
+    if check is None:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return []
+    red, bold, reset = "\x1b[31m", "\x1b[1m", "\x1b[0m"
+    lines = [f"{red}{bold}{etype.__name__}{reset}: {value}"]
+    calls = [frame for frame in traceback.extract_tb(tb)
+             if not _inside_libraries(Path(frame.filename).resolve())]
+    if calls:
+        frame = calls[-1]
+        code = f": {frame.line.strip()}" if frame.line else ""
+        lines.append(f"\n({check} failed, called at line {frame.lineno}{code})")
+    shell._showtraceback(etype, value, lines)  # what shell.showtraceback ends with (a kernel's hook)
+    return lines
+
+
+def _inside_libraries(path: Path) -> bool:
+    return PACKAGE_DIR in path.parents or TORCH_DIR in path.parents
+
+
+def install_notebook_display() -> bool:
+    """In IPython (a notebook's kernel), show check verdicts with :func:`show_in_notebook`.
+    Leaves a shell alone that already has its own handler; returns whether it installed one."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "set_custom_exc") or shell.custom_exceptions:
+        return False
+    shell.set_custom_exc((AssertionError, NotImplementedError), show_in_notebook)
+    return True
 
 
 # --- calling the learner's code -------------------------------------------------------------
@@ -78,8 +123,7 @@ def learner_frames(err: BaseException, limit: int = 3) -> list[str]:
     frames = traceback.extract_tb(err.__traceback__)
     keep = []
     for frame in frames:
-        path = Path(frame.filename).resolve()
-        if PACKAGE_DIR in path.parents or TORCH_DIR in path.parents:
+        if _inside_libraries(Path(frame.filename).resolve()):
             continue
         keep.append(frame)
     if not keep and frames:
@@ -254,18 +298,56 @@ def diff(got: Any, want: Any, parts: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-Variant = tuple[Any, Callable[[Case], Any]]  # (diagnosis: str or f(case) -> str, output of a bug)
+@dataclass(frozen=True)
+class Mistake:
+    """A known mistake: what code that makes it returns on a case, and what to tell the learner.
+
+    ``output(case)`` computes the mistaken result (usually the check's reference math with one
+    switch turned, or the package's function on altered inputs); ``message`` is the diagnosis, a
+    string or ``message(case) -> str`` when it depends on the case. Every check describes its
+    known mistakes this way and names one only through :func:`diagnose`.
+    """
+
+    message: str | Callable[[Case], str]
+    output: Callable[[Case], Any]
+
+    def says(self, case: Case) -> str:
+        return self.message(case) if callable(self.message) else self.message
 
 
-def matches(variant: Callable[[Case], Any], seen: list[tuple[Case, Any]], parts: slice) -> bool:
-    for case, got in seen:
-        try:
-            out = variant(case)
-        except Exception:
-            return False
-        if not same(as_tuple(got)[parts], as_tuple(out)[parts]):
-            return False
-    return True
+def mistaken_output(mistake: Mistake, case: Case) -> Any:
+    """The mistake's output on a case; ``None`` if computing it fails there (it cannot fit)."""
+    try:
+        return mistake.output(case)
+    except Exception:
+        return None
+
+
+def diagnose(mistakes: Sequence[Mistake], evidence: Sequence[tuple[Case, Any]], case: Case,
+             agree: Callable[[Any, Any], bool] = same) -> str | None:
+    """Name the learner's mistake, where the evidence shows it unambiguously.
+
+    ``evidence`` holds ``(case, learner's output)`` for every case the learner's code ran on (all
+    of a check's cases, not only those up to the first failure). A known mistake *fits* when
+    ``agree(learner's output, mistake's output)`` holds on every one of them. If exactly one
+    diagnosis fits, it is returned (worded for ``case``, the failing case); if none fits,
+    ``None`` (the caller falls back to symptoms, then to a generic message). If several different
+    diagnoses fit, which the checks' case design avoids for single mistakes (a test verifies
+    that every two known mistakes of a check differ on its cases), the message says so and lists
+    them, rather than picking one.
+    """
+    messages: list[str] = []
+    for mistake in mistakes:
+        if all(agree(got, mistaken_output(mistake, seen)) for seen, got in evidence):
+            message = mistake.says(case)
+            if message not in messages:
+                messages.append(message)
+    if not messages:
+        return None
+    if len(messages) == 1:
+        return messages[0]
+    listed = "; or ".join(f"({i}) {m}" for i, m in enumerate(messages, 1))
+    return f"your output fits more than one known mistake on every case: {listed}"
 
 
 def close_shape(got: Sequence[Any], want: Any) -> bool:
@@ -274,21 +356,30 @@ def close_shape(got: Sequence[Any], want: Any) -> bool:
     return isinstance(first, Tensor) and first.shape == expected.shape
 
 
-def diagnose(variants: Sequence[Variant], seen: list[tuple[Case, Any]], want: Any,
-              parts_only: bool = False) -> str | None:
-    """The first known mistake whose output the learner's matches on every case so far.
+def first_part_agrees(got: Any, want: Any) -> bool:
+    """The first returned value (the output, beside weights) agrees."""
+    got_t, want_t = as_tuple(got), as_tuple(want)
+    return bool(got_t) and bool(want_t) and same(got_t[0], want_t[0])
 
-    A mistake counts only if it changes the result of the failing case (the part compared):
-    a mask that is ignored explains nothing in a case without a mask.
-    """
-    case, got = seen[-1]
-    for parts in (slice(0, 1),) if parts_only else (slice(None), slice(0, 1)):
-        if same(as_tuple(got)[parts], as_tuple(want)[parts]):
-            continue  # this part is right: the mistake is elsewhere
-        for diagnosis, variant in variants:
-            if matches(variant, seen, parts):
-                return diagnosis(case) if callable(diagnosis) else diagnosis
-    return None
+
+def diagnose_at(mistakes: Sequence[Mistake], evidence: Sequence[tuple[Case, Any]], failed: int,
+                got: Any, want: Any, agree: Callable[[Any, Any], bool] = same) -> str | None:
+    """:func:`diagnose` for a failure at ``evidence[failed]``, in this order: on every case; then
+    on the cases up to the failure (code with two mistakes: the first one to show is named,
+    since every case before it agreed with the reference); then, the same two ways, on the first
+    returned value alone (when the weights are right and the output is not, or the other way
+    round)."""
+    case = evidence[failed][0]
+    prefix = evidence[:failed + 1]
+    found = diagnose(mistakes, evidence, case, agree) or diagnose(mistakes, prefix, case, agree)
+    if found is None and agree is same and not first_part_agrees(got, want):
+        found = (diagnose(mistakes, evidence, case, first_part_agrees)
+                 or diagnose(mistakes, prefix, case, first_part_agrees))
+    return found
+
+
+GENERIC = ("your output differs from the reference, and it matches none of the common mistakes "
+           "this check knows; compare your code with the equations above, step by step")
 
 
 def run_cases(
@@ -298,12 +389,18 @@ def run_cases(
     reference: Callable[[Case], Any],
     *,
     parts: Sequence[str] = ("output",),
-    variants: Sequence[Variant] = (),
+    mistakes: Sequence[Mistake] = (),
     structure: Callable[[Any, Any, Case], str | None] | None = None,
     hints: Callable[[Any, Any, Case], str | None] | None = None,
     total: int | None = None,
 ) -> int:
-    """Run every case; raise an AssertionError with a diagnosis at the first failure."""
+    """Run every case; raise an AssertionError with a diagnosis at the first failure.
+
+    At a failure, the learner's code also runs on the cases after it, so that the diagnosis
+    rests on every case (see :func:`diagnose`): first on everything returned, then, if that
+    names nothing, on the first returned value alone (a mistake in the output that leaves the
+    weights right, or the other way round, is still named).
+    """
     seen: list[tuple[Case, Any]] = []
     for number, case in enumerate(cases, 1):
         where = case.where = f"case {number} of {total or len(cases)} ({case.describe()})"
@@ -312,8 +409,15 @@ def run_cases(
         problem = structure(got, want, case) if structure else None
         if problem is not None and isinstance(got, (tuple, list)) and close_shape(got, want):
             # the output is fine in form: a known mistake may explain both it and the problem
-            diagnosis = diagnose(variants, [*seen, (case, got)], want, parts_only=True)
-            problem = f"{diagnosis} ({problem})" if diagnosis else problem
+            def in_form(out: Any, other: Case) -> bool:
+                return isinstance(out, (tuple, list)) and close_shape(out, reference(other))
+
+            evidence = [*seen, (case, got), *_later(cases, number, learner, total, in_form)]
+            if not first_part_agrees(got, want):
+                diagnosis = (diagnose(mistakes, evidence, case, first_part_agrees)
+                             or diagnose(mistakes, evidence[:len(seen) + 1], case, first_part_agrees))
+                problem = f"{diagnosis} ({problem})" if diagnosis else problem
+            case.where = where
         if problem is None and case.repeat:
             again = learner(case)
             if not same(got, again):
@@ -325,14 +429,33 @@ def run_cases(
             continue
         details = ""
         if problem is None:
-            seen.append((case, got))
-            problem = diagnose(variants, seen, want) or (hints(got, want, case) if hints else None)
-            problem = problem or ("your output differs from the reference, and it matches none of "
-                                  "the common mistakes this check knows; compare your code with "
-                                  "the equations above, step by step")
+            def well_formed(out: Any, other: Case) -> bool:
+                return structure is None or structure(out, reference(other), other) is None
+
+            evidence = [*seen, (case, got), *_later(cases, number, learner, total, well_formed)]
+            case.where = where
+            problem = diagnose_at(mistakes, evidence, len(seen), got, want)
+            problem = problem or (hints(got, want, case) if hints else None) or GENERIC
             details = "\n" + diff(got, want, parts)
         raise AssertionError(f"{check}: {problem}\n  in {where}{details}")
     return len(cases)
+
+
+def _later(cases: Sequence[Case], number: int, learner: Callable[[Case], Any], total: int | None,
+           keep: Callable[[Any, Case], bool]) -> list[tuple[Case, Any]]:
+    """The learner's outputs on the cases after case ``number``: evidence for a diagnosis. A case
+    where the learner's code raises, or whose output ``keep`` rejects (the wrong form), is left
+    out."""
+    outputs = []
+    for other_number, other in enumerate(cases[number:], number + 1):
+        other.where = f"case {other_number} of {total or len(cases)} ({other.describe()})"
+        try:
+            out = learner(other)
+        except (AssertionError, NotImplementedError):
+            continue
+        if keep(out, other):
+            outputs.append((other, out))
+    return outputs
 
 
 def passed(check: str, count: int) -> None:

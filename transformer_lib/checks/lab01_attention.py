@@ -18,7 +18,7 @@ from transformer_lib.checks.engine import (
     ATOL,
     RTOL,
     Case,
-    Variant,
+    Mistake,
     call_learner,
     close,
     isolated,
@@ -54,7 +54,7 @@ def attention_math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, 
     return weights @ (v if values is None else values), weights
 
 
-def _attention_variants() -> list[Variant]:
+def _attention_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
     def qkv(case: Case) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         i = case.inputs
         return i["query"], i["key"], i["value"], i.get("mask")
@@ -215,7 +215,7 @@ def check_attention(fn: Callable[..., Any], *, seed: int = 0) -> None:
         return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
 
     count = run_cases(check, cases, learner, lambda case: scaled_dot_product_attention(**case.inputs),
-                 parts=("output", "weights"), variants=_attention_variants(),
+                 parts=("output", "weights"), mistakes=[Mistake(*v) for v in _attention_variants()],
                  structure=lambda got, want, case: _weights_shape(got, want) or
                  structure_problem(("output", "weights"), got, want),
                  hints=_attention_hints, total=len(cases) + 1)
@@ -270,7 +270,7 @@ def check_causal_mask(fn: Callable[..., Any]) -> None:
     def ones(n: int) -> Tensor:
         return torch.ones(n, n, dtype=torch.bool)
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         ("the mask is inverted: it is True above the diagonal (the future). Here True means 'may "
          "attend' (nn.MultiheadAttention uses the opposite convention): keep the diagonal and "
          "below, torch.tril", var(lambda n: ones(n).triu(1))),
@@ -282,7 +282,7 @@ def check_causal_mask(fn: Callable[..., Any]) -> None:
          var(ones)),
     ]
     count = run_cases(check, cases, learner, lambda case: causal_mask(**case.inputs),
-                 parts=("mask",), variants=variants, structure=structure)
+                 parts=("mask",), mistakes=[Mistake(*v) for v in variants], structure=structure)
     out = call_learner(check, "calling causal_mask(3, device='meta')", fn, 3, device="meta")
     if not isinstance(out, Tensor) or out.device.type != "meta":
         device = out.device if isinstance(out, Tensor) else None
@@ -337,7 +337,7 @@ def check_padding_mask(fn: Callable[..., Any], *, seed: int = 0) -> None:
     def view(m: Tensor) -> Tensor:
         return m[:, None, None, :]
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         ("the mask is inverted: True must mark the real tokens (tokens != pad_id), the ones a query "
          "may attend to", lambda c: view(c.inputs["tokens"] == c.inputs["pad_id"])),
         ("pad_id is ignored: the mask compares with 0; compare with the pad_id argument",
@@ -348,7 +348,7 @@ def check_padding_mask(fn: Callable[..., Any], *, seed: int = 0) -> None:
                         < (c.inputs["tokens"] != c.inputs["pad_id"]).sum(1, keepdim=True))),
     ]
     count = run_cases(check, cases, learner, lambda case: padding_mask(**case.inputs),
-                 parts=("mask",), variants=variants, structure=structure)
+                 parts=("mask",), mistakes=[Mistake(*v) for v in variants], structure=structure)
     passed(check, count)
 
 

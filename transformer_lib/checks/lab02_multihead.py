@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformer_lib.attention import causal_mask
 from transformer_lib.checks.engine import (
     Case,
-    Variant,
+    Mistake,
     call_learner,
     isolated,
     learner_modules,
@@ -61,7 +61,7 @@ def check_split_heads(fn: Callable[..., Any], *, seed: int = 0) -> None:
                     f"before the positions, (B, H, T, Dh); add .transpose(1, 2)")
         return structure_problem(("heads",), got, want)
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         ("the heads are split without a transpose: view(B, H, T, Dh) has the right shape but cuts "
          "the sequence into pieces instead of cutting each position's features; use "
          "view(B, T, H, Dh).transpose(1, 2)",
@@ -71,7 +71,7 @@ def check_split_heads(fn: Callable[..., Any], *, seed: int = 0) -> None:
          lambda c: c.inputs["x"].reshape(shape(c)[0], shape(c)[1], shape(c)[3], shape(c)[2])
          .permute(0, 3, 1, 2)),
     ]
-    count = run_cases(check, cases, learner, reference, parts=("heads",), variants=variants,
+    count = run_cases(check, cases, learner, reference, parts=("heads",), mistakes=[Mistake(*v) for v in variants],
                  structure=structure)
     passed(check, count)
 
@@ -102,7 +102,7 @@ def check_merge_heads(fn: Callable[..., Any], *, seed: int = 0) -> None:
         B, H, T, Dh = x.shape
         return x.permute(*order).reshape(B, T, H * Dh)
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         ("the heads are merged without transposing back: (B, H, T, Dh) must become (B, T, H, Dh) "
          "before the reshape to (B, T, D): x.transpose(1, 2).reshape(B, T, D)",
          lambda c: merged(c.inputs["x"], (0, 1, 2, 3))),
@@ -110,7 +110,7 @@ def check_merge_heads(fn: Callable[..., Any], *, seed: int = 0) -> None:
          "h * Dh to (h + 1) * Dh - 1; transpose(1, 2) gives (B, T, H, Dh), then reshape",
          lambda c: merged(c.inputs["x"], (0, 2, 3, 1))),
     ]
-    count = run_cases(check, cases, learner, reference, parts=("merged heads",), variants=variants,
+    count = run_cases(check, cases, learner, reference, parts=("merged heads",), mistakes=[Mistake(*v) for v in variants],
                  structure=structure)
     passed(check, count)
 
@@ -158,7 +158,7 @@ def _mha_math(m: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Ten
     return out, weights, out
 
 
-def _mha_variants() -> list[Variant]:
+def _mha_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
     def var(**options: Any) -> Callable[[Case], Any]:
         return lambda case: _mha_math(case.state["reference"], **case.inputs, **options)
 
@@ -283,7 +283,7 @@ def check_multi_head_attention(cls: type[nn.Module], *, seed: int = 0) -> None:
                         f"(B, H, T, S) = {(B, H, T, S)}")
         return structure_problem(parts, got, want)
 
-    count = run_cases(check, cases, learner, reference, parts=parts, variants=_mha_variants(),
+    count = run_cases(check, cases, learner, reference, parts=parts, mistakes=[Mistake(*v) for v in _mha_variants()],
                  structure=structure)
     passed(check, count)
 

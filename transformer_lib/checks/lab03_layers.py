@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformer_lib.attention import causal_mask
 from transformer_lib.checks.engine import (
     Case,
-    Variant,
+    Mistake,
     call_learner,
     isolated,
     module_runners,
@@ -67,7 +67,7 @@ def check_feed_forward(cls: type[nn.Module], *, seed: int = 0) -> None:
     def var(**options: Any) -> Callable[[Case], Any]:
         return lambda case: _ffn_math(case.state["reference"], case.inputs["x"], **options)
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         ("the activation is missing: FFN(x) = linear2(activation(linear1(x)))", var(where="none")),
         ("the activation is applied after linear2; it belongs between the two: "
          "linear2(activation(linear1(x)))", var(where="end")),
@@ -76,7 +76,7 @@ def check_feed_forward(cls: type[nn.Module], *, seed: int = 0) -> None:
         ("the activation argument is ignored: 'gelu' must use F.gelu", var(activation="relu")),
     ]
     count = run_cases(check, cases, *module_runners(check, cls, FeedForward, _FFN_NAMES, g),
-                 variants=variants, structure=lambda got, want, case: structure_problem(
+                 mistakes=[Mistake(*v) for v in variants], structure=lambda got, want, case: structure_problem(
                      ("output",), got, want))
     passed(check, count)
 
@@ -143,7 +143,7 @@ def check_sublayer_connection(fn: Callable[..., Any], *, seed: int = 0) -> None:
                 "norm(x + dropout(sublayer(x))); yours computes pre-LN, "
                 "x + dropout(sublayer(norm(x)))")
 
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         (placement, var(lambda x, nf: post(x) if nf else pre(x))),
         (placement, var(lambda x, nf: post(x))),
         (placement, var(lambda x, nf: pre(x))),
@@ -162,7 +162,7 @@ def check_sublayer_connection(fn: Callable[..., Any], *, seed: int = 0) -> None:
          "adding x", var(lambda x, nf: halve(x + f(norm(x))) if nf else norm(halve(x + f(x))))),
     ]
     count = run_cases(check, cases, learner, lambda case: call(case, sublayer_connection),
-                 variants=variants,
+                 mistakes=[Mistake(*v) for v in variants],
                  structure=lambda got, want, case: structure_problem(("output",), got, want))
     passed(check, count)
 
@@ -250,7 +250,7 @@ def _placement_message(case: Case) -> str:
             "computes pre-LN, x + sublayer(norm(x))")
 
 
-def _layer_variants(decoder: bool) -> list[Variant]:
+def _layer_variants(decoder: bool) -> list[tuple[Any, Callable[[Case], Any]]]:
     def var(**options: Any) -> Callable[[Case], Any]:
         bug = _LayerBug(**options)
 
@@ -264,7 +264,7 @@ def _layer_variants(decoder: bool) -> list[Variant]:
         return run
 
     ffn_index = 2 if decoder else 1
-    variants: list[Variant] = [
+    variants: list[tuple[Any, Callable[[Case], Any]]] = [
         (_placement_message, var(placement="swapped")),
         (_placement_message, var(placement="pre")),
         (_placement_message, var(placement="post")),
@@ -358,7 +358,7 @@ def check_encoder_layer(cls: type[nn.Module], *, seed: int = 0) -> None:
         case("dropout=0.3, in eval mode", _layer_init(16, 4, 32, False, dropout=0.3), repeat=True),
     ]
     count = run_cases(check, cases, *module_runners(check, cls, EncoderLayer, _ENCODER_NAMES, g),
-                 variants=_layer_variants(decoder=False),
+                 mistakes=[Mistake(*v) for v in _layer_variants(decoder=False)],
                  structure=lambda got, want, case: structure_problem(("output",), got, want))
     passed(check, count)
 
@@ -407,7 +407,7 @@ def check_decoder_layer(cls: type[nn.Module], *, seed: int = 0) -> None:
              self_mask=causal_mask(T), repeat=True),
     ]
     count = run_cases(check, cases, *module_runners(check, cls, DecoderLayer, _DECODER_NAMES, g),
-                 variants=_layer_variants(decoder=True),
+                 mistakes=[Mistake(*v) for v in _layer_variants(decoder=True)],
                  structure=lambda got, want, case: structure_problem(("output",), got, want))
     passed(check, count)
 

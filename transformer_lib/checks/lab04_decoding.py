@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from transformer_lib.attention import causal_mask
 from transformer_lib.checks.engine import (
     Case,
-    Variant,
+    Mistake,
     call_learner,
     close,
+    diagnose,
     isolated,
     passed,
     randn,
@@ -290,7 +291,7 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
 
 
 def _run_decoding(check: str, cases: Sequence[Case], learner: Callable[[Case], Any],
-                  reference: Callable[[Case], Any], variants: Sequence[Variant],
+                  reference: Callable[[Case], Any], variants: Sequence[tuple[Any, Callable[[Case], Any]]],
                   symptoms: Callable[[Sequence[Tensor], Sequence[Tensor], Case], str | None],
                   log_probs: bool = False) -> int:
     """Run every case; at the first wrong answer, raise an AssertionError with a diagnosis.
@@ -330,12 +331,14 @@ def _run_decoding(check: str, cases: Sequence[Case], learner: Callable[[Case], A
     return len(cases)
 
 
-def _first_match(variants: Sequence[Variant], outputs: list[tuple[Case, Any]]) -> str | None:
-    """The first mistake whose output is the learner's on every case given."""
-    for diagnosis, variant in variants:
-        if all(_same_seqs(_quiet(variant, case), _seqs(got)) for case, got in outputs):
-            return diagnosis(outputs[0][0]) if callable(diagnosis) else diagnosis
-    return None
+def _first_match(variants: Sequence[tuple[Any, Callable[[Case], Any]]],
+                 outputs: list[tuple[Case, Any]]) -> str | None:
+    """The mistake whose output is the learner's on every case given."""
+    return diagnose([Mistake(*v) for v in variants], outputs, outputs[0][0], _agree_seqs)
+
+
+def _agree_seqs(got: Any, mistaken: Any) -> bool:
+    return mistaken is not None and _same_seqs(mistaken, _seqs(got))
 
 
 def _quiet(variant: Callable[[Case], Any], case: Case) -> Any:
@@ -392,7 +395,7 @@ def _cut_after_eos(row: Tensor, eos_id: int) -> Tensor:
     return row if len(ends) == 0 else row[: int(ends[0]) + 2]
 
 
-def _greedy_variants() -> list[Variant]:
+def _greedy_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
     def var(**options: Any) -> Callable[[Case], Any]:
         def run(case: Case) -> list[Tensor]:
             i = case.inputs
@@ -535,7 +538,7 @@ def _sequence_log_prob_math(model: nn.Module, src: Tensor, tgt: Tensor,
     return picked.sum(dim=-1)
 
 
-def _sequence_log_prob_variants() -> list[Variant]:
+def _sequence_log_prob_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
     def var(**options: Any) -> Callable[[Case], Any]:
         return lambda case: _sequence_log_prob_math(**case.inputs, **options)
 
@@ -610,7 +613,7 @@ def check_sequence_log_prob(fn: Callable[..., Any], *, seed: int = 0) -> None:
         return structure_problem(("log-probabilities",), got, want)
 
     count = run_cases(check, cases, learner, lambda case: sequence_log_prob(**case.inputs),
-                 parts=("log-probabilities",), variants=_sequence_log_prob_variants(),
+                 parts=("log-probabilities",), mistakes=[Mistake(*v) for v in _sequence_log_prob_variants()],
                  structure=structure)
     passed(check, count)
 
@@ -625,7 +628,7 @@ def _top_candidates(log_probs: Tensor, next_log_probs: Tensor, n: int) -> tuple[
     return top, index // V, index % V
 
 
-def _top_candidates_variants() -> list[Variant]:
+def _top_candidates_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
     def inputs(case: Case) -> tuple[Tensor, Tensor, int]:
         i = case.inputs
         return i["log_probs"], i["next_log_probs"], i["n"]
@@ -761,7 +764,7 @@ def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
         return None
 
     count = run_cases(check, cases, learner, reference, parts=parts,
-                 variants=_top_candidates_variants(), structure=structure, hints=hints)
+                 mistakes=[Mistake(*v) for v in _top_candidates_variants()], structure=structure, hints=hints)
     passed(check, count)
 
 
