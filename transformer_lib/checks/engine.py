@@ -350,6 +350,38 @@ def diagnose(mistakes: Sequence[Mistake], evidence: Sequence[tuple[Case, Any]], 
     return f"your output fits more than one known mistake on every case: {listed}"
 
 
+@dataclass(frozen=True)
+class Spec:
+    """What a check compares, for the tests (``tests/test_checks_specs.py``), which verify for
+    every registered check that its bug-free reference equals the package's own function on the
+    check's cases, that every known mistake changes the result of some case, and that any two
+    mistakes with different messages differ on some case (so :func:`diagnose` never has to choose).
+
+    ``cases()`` builds the check's cases as the check does (seed 0, modules randomized),
+    ``reference(case)`` is the check's own bug-free computation (its mistakes' math with every
+    switch off), ``package(case)`` the package's function or module on the case, ``mistakes()``
+    the check's known mistakes, and ``agree(a, b)`` the check's comparison of two outputs.
+    """
+
+    check: str
+    cases: Callable[[], list[Case]]
+    reference: Callable[[Case], Any]
+    package: Callable[[Case], Any]
+    mistakes: Callable[[], list[Mistake]]
+    agree: Callable[[Any, Any], bool] = same
+
+
+SPECS: dict[str, Spec] = {}
+
+
+def register(spec: Spec) -> Spec:
+    """Add a check's :class:`Spec` to ``SPECS`` (each lab module registers its checks)."""
+    if spec.check in SPECS:
+        raise ValueError(f"register: a spec for {spec.check} exists already")
+    SPECS[spec.check] = spec
+    return spec
+
+
 def close_shape(got: Sequence[Any], want: Any) -> bool:
     """The first part of ``got`` is a tensor of the expected shape."""
     first, expected = got[0] if got else None, as_tuple(want)[0]
@@ -462,8 +494,12 @@ def passed(check: str, count: int) -> None:
     print(f"{check}: all {count} cases pass")
 
 
-def structure_problem(parts: Sequence[str], got: Any, want: Any) -> str | None:
-    """Type, count, shape and dtype problems, which no numeric diagnosis can explain."""
+def structure_problem(parts: Sequence[str], got: Any, want: Any,
+                      dtype_reasons: dict[str, str] | None = None) -> str | None:
+    """Type, count, shape and dtype problems, which no numeric diagnosis can explain.
+
+    A wrong dtype is named as such; ``dtype_reasons`` may add, per part, why the exercise's
+    contract asks for that dtype (for example "token ids index a vocabulary: int64")."""
     got_t, want_t = as_tuple(got), as_tuple(want)
     if len(want_t) > 1 and not isinstance(got, (tuple, list)):
         return (f"return a tuple ({', '.join(parts)}); yours returned a single "
@@ -480,8 +516,9 @@ def structure_problem(parts: Sequence[str], got: Any, want: Any) -> str | None:
         if a.shape != b.shape:
             return f"the shape of the {name} is {tuple(a.shape)}, expected {tuple(b.shape)}"
         if a.dtype != b.dtype:
-            return (f"the dtype of the {name} is {a.dtype}, expected {b.dtype} (keep the inputs' "
-                    f"dtype; a mask is a bool tensor)")
+            reason = (dtype_reasons or {}).get(name)
+            return (f"the dtype of the {name} is {a.dtype}, expected {b.dtype}"
+                    + (f" ({reason})" if reason else ""))
     return None
 
 
