@@ -1,4 +1,5 @@
-"""Check the built book: nothing loads from another server, and no widget is left blank.
+"""Check the built book: nothing loads from another server, no widget is left blank, and no lab
+page shows the ``### BEGIN SOLUTION`` / ``### END SOLUTION`` marker lines of its source.
 
 The rendered book must work offline and must not show empty widget areas (widgets
 need a live kernel; chapters show a static figure first and tag widget cells
@@ -19,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # <script src=...>, <link href=...>, <img src=...> load resources; plain <a href=...> links are fine.
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"")
+MARKER = re.compile(r"###\s*(?:BEGIN|END) SOLUTION")
 WIDGETS = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
@@ -35,6 +37,10 @@ def problems(html_dir: Path) -> list[str]:
         if any(mime in text for mime in WIDGETS):
             found.append(f"{rel}: embeds a widget, which is blank or dead without a kernel (draw a "
                          f"static figure first; tag the widget cell remove-output and skip-execution)")
+        markers = len(MARKER.findall(re.sub(r"<[^>]+>", "", text))) if rel.startswith("labs/") else 0
+        if markers:
+            found.append(f"{rel}: shows {markers} solution-marker line(s) (### BEGIN/END SOLUTION); "
+                         f"book/_ext/lab_exercises.py hides them on pages under labs/")
     return found
 
 
