@@ -1,14 +1,12 @@
 """tools/check_html.py: the built book loads nothing from other servers and shows no blank widget."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
+from conftest import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("check_html_tool", ROOT / "tools" / "check_html.py")
-check_html = importlib.util.module_from_spec(spec)
-sys.modules["check_html_tool"] = check_html
-spec.loader.exec_module(check_html)
+check_html = load_tool("check_html")
 
 
 def test_flags_cdn_scripts_and_widgets_but_not_links(tmp_path):

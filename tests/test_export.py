@@ -1,17 +1,13 @@
 """tools/export.py: markers, generated headers, --check, stale modules; and the repo is in sync."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("export_tool", ROOT / "tools" / "export.py")
-export = importlib.util.module_from_spec(spec)
-sys.modules["export_tool"] = export
-spec.loader.exec_module(export)
+export = load_tool("export")
 
 
 def write_notebook(path: Path, cells: list[tuple[str, str]]) -> None:
@@ -133,3 +129,54 @@ def test_init_imports_are_sorted_and_wrapped_as_the_linter_wants():
     assert init.index("from transformer_lib.alpha") < init.index("from transformer_lib.zeta")
     assert "from transformer_lib.alpha import (\n    DELTA,\n    Gamma,\n    beta_function,\n" in init
     assert all(len(line) <= 100 for line in init.splitlines())
+
+
+def test_long_all_is_wrapped_to_the_line_length():
+    assert export.render_all(["a", "B"]) == "__all__ = ['a', 'B']"
+    names = [f"name_number_{i:02d}" for i in range(20)]
+    text = export.render_all(names)
+    lines = text.splitlines()
+    assert lines[0] == "__all__ = [" and lines[-1] == "]"
+    assert all(line.startswith("    '") and line.endswith("',") for line in lines[1:-1])
+    assert all(len(line) <= export.LINE_LENGTH for line in lines)
+    assert len(lines[1]) > export.LINE_LENGTH - len(" 'name_number_00',")  # lines are filled
+    namespace = {}
+    exec(text, namespace)
+    assert namespace["__all__"] == names
+    assert export.render_all(["x" * 120]) == f"__all__ = [\n    '{'x' * 120}',\n]"
+
+
+def test_generated_headers_keep_to_the_line_length(project):
+    nb_path = project / "chapters" / "01_demo.ipynb"
+    nb = json.loads(nb_path.read_text())
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                        "source": "#| export\n" + "\n".join(f"def function_{i}():\n    pass\n"
+                                                            for i in range(30))})
+    nb_path.write_text(json.dumps(nb))
+    for path, text in export.build(project, handwritten=()).items():
+        long = [line for line in text.splitlines() if len(line) > export.LINE_LENGTH]
+        assert long == [], f"{path.name}: {long}"
+
+
+def test_line_length_is_the_projects():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert export.LINE_LENGTH == config["tool"]["ruff"]["line-length"]
+
+
+def test_version_is_defined_once_in_pyproject():
+    import importlib.metadata
+
+    import transformer_lib
+
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    version = config["project"]["version"]
+    assert transformer_lib.__version__ == importlib.metadata.version("transformer_lib") == version
+    assert version not in (ROOT / "transformer_lib" / "__init__.py").read_text(encoding="utf-8")
+    assert version not in (ROOT / "tools" / "export.py").read_text(encoding="utf-8")
+
+
+def test_main_exit_codes(capsys):
+    assert export.main(["--check"]) == 0
+    assert "transformer_lib is in sync with the chapters" in capsys.readouterr().out

@@ -91,7 +91,14 @@ def test_unsupported_settings_raise_value_error(kwargs, pattern):
 
 
 def test_kdim_equal_to_embed_dim_is_fine():
-    from_torch(nn.MultiheadAttention(8, 2, kdim=8, vdim=8))
+    # kdim and vdim spelled out but equal to embed_dim: PyTorch keeps one packed in_proj_weight
+    theirs_mod = nn.MultiheadAttention(8, 2, kdim=8, vdim=8, batch_first=True).eval()
+    ours_mod = from_torch(theirs_mod)
+    assert type(ours_mod) is MultiHeadAttention
+    assert (ours_mod.d_model, ours_mod.num_heads) == (8, 2)
+    query, memory = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    theirs, _ = theirs_mod(query, memory, memory, need_weights=False)
+    torch.testing.assert_close(ours_mod(query, memory, memory), theirs, **TOL[torch.float32])
 
 
 def test_inconsistent_biases_raise_value_error():

@@ -1,18 +1,14 @@
 """tools/make_labs.py: learner versions of the labs, generated from the solution notebooks."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("make_labs_tool", ROOT / "tools" / "make_labs.py")
-make_labs = importlib.util.module_from_spec(spec)
-sys.modules["make_labs_tool"] = make_labs
-spec.loader.exec_module(make_labs)
+make_labs = load_tool("make_labs")
 
 
 def md(text, **meta):

@@ -1,14 +1,8 @@
 """tools/notebooks.py: notebooks are committed without outputs and with the python3 kernel."""
 
-import importlib.util
-import sys
-from pathlib import Path
+from conftest import load_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("notebooks_tool", ROOT / "tools" / "notebooks.py")
-notebooks = importlib.util.module_from_spec(spec)
-sys.modules["notebooks_tool"] = notebooks
-spec.loader.exec_module(notebooks)
+notebooks = load_tool("notebooks")
 
 DIRTY = {
     "cells": [

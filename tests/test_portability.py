@@ -1,15 +1,13 @@
 """tools/portability.py: notebooks run under kernel selections and seeds, outcomes tabled."""
 
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import portability  # noqa: E402
+portability = load_tool("portability")
 
 PROBE = """\
 import torch

@@ -35,15 +35,15 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import copy
-import difflib
 import json
 import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import generated
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "### BEGIN SOLUTION"
@@ -318,65 +318,40 @@ def _readable(text: str) -> list[str]:
 def check(root: Path = ROOT) -> list[str]:
     """Problems (with diffs); empty when every learner version is in sync."""
     expected = build(root)
-    problems = []
-    for path, text in expected.items():
-        rel = path.relative_to(root).as_posix()
-        if not path.exists():
-            problems.append(f"{rel} is missing: run `make labs`")
-            continue
-        current = path.read_text(encoding="utf-8")
-        if current == text:
-            continue
-        diff = "".join(difflib.unified_diff(
+
+    def differs(rel: str, current: str, text: str) -> str:
+        name = posixpath.basename(rel)
+        diff = generated.unified_diff(
             _readable(current), _readable(text), fromfile=f"{rel} (on disk)",
-            tofile=f"{rel} (generated from labs/solutions/{path.name})"))
+            tofile=f"{rel} (generated from labs/solutions/{name})")
         if not diff:  # the cells agree; metadata or formatting differs
-            diff = "".join(difflib.unified_diff(
+            diff = generated.unified_diff(
                 current.splitlines(keepends=True), text.splitlines(keepends=True),
-                fromfile=f"{rel} (on disk)", tofile=f"{rel} (generated)"))
-        problems.append(f"{rel} differs from what its solution notebook generates "
-                        f"(edit labs/solutions/{path.name}, not the learner version):\n{diff}")
-    for path in stale(root, expected):
-        rel = path.relative_to(root).as_posix()
-        problems.append(f"{rel} is a learner version but labs/solutions/{path.name} does not exist: "
-                        f"run `make labs` to remove it")
-    return problems
+                fromfile=f"{rel} (on disk)", tofile=f"{rel} (generated)")
+        return (f"{rel} differs from what its solution notebook generates "
+                f"(edit labs/solutions/{name}, not the learner version):\n{diff}")
+
+    def orphaned(rel: str) -> str:
+        return (f"{rel} is a learner version but labs/solutions/{posixpath.basename(rel)} does "
+                f"not exist: run `make labs` to remove it")
+
+    return generated.compare(root, expected, stale(root, expected), fix="make labs",
+                             differs=differs, orphaned=orphaned)
 
 
 def write(root: Path = ROOT) -> list[str]:
     """Write every learner version and delete stale ones; return what changed."""
     expected = build(root)
-    changed = []
-    for path, text in expected.items():
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-            changed.append(f"wrote {path.relative_to(root).as_posix()}")
-    for path in stale(root, expected):
-        path.unlink()
-        changed.append(f"removed stale {path.relative_to(root).as_posix()}")
-    return changed
+    return generated.write(root, expected, stale(root, expected))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if a learner version is out of sync")
-    args = parser.parse_args(argv)
-    try:
-        if args.check:
-            problems = check()
-            if problems:
-                print("\n\n".join(problems))
-                print(f"\nmake_labs --check: {len(problems)} problem(s); run `make labs` and commit.")
-                return 1
-            print(f"make_labs --check: {len(solutions())} learner version(s) in sync with "
-                  f"labs/solutions")
-            return 0
-        for line in write() or ["make_labs: nothing to do, already in sync"]:
-            print(line)
-        return 0
-    except LabError as err:
-        print(f"make_labs: {err}", file=sys.stderr)
-        return 2
+    return generated.main(
+        argv, name="make_labs", description=__doc__.splitlines()[0], fix="make labs",
+        check_help="fail if a learner version is out of sync", check=check, write=write,
+        in_sync=lambda: (f"make_labs --check: {len(solutions())} learner version(s) in sync "
+                         f"with labs/solutions"),
+        error=LabError)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-__all__ = ['FIRST_DATE', 'LAST_DATE', 'DATE_FORMATS', 'UNSEEN_DATE_FORMATS', 'ordinal', 'format_date', 'DatePair', 'DateSplits', 'make_date_splits', 'Seq2SeqTokenizer', 'IGNORE_INDEX', 'TranslationDataset', 'TranslationBatch', 'collate_translation', 'BucketBatchSampler']
+__all__ = [
+    'FIRST_DATE', 'LAST_DATE', 'DATE_FORMATS', 'UNSEEN_DATE_FORMATS', 'ordinal', 'format_date',
+    'DatePair', 'DateSplits', 'make_date_splits', 'Seq2SeqTokenizer', 'IGNORE_INDEX',
+    'TranslationDataset', 'TranslationBatch', 'collate_translation', 'BucketBatchSampler',
+]
 
 import datetime
 import random

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-__all__ = ['greedy_decode', 'length_penalty', 'beam_search', 'sequence_log_prob', 'LayerCache', 'IncrementalDecoder']
+__all__ = [
+    'greedy_decode', 'length_penalty', 'beam_search', 'sequence_log_prob', 'LayerCache',
+    'IncrementalDecoder',
+]
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING

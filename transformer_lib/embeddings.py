@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-__all__ = ['TokenEmbedding', 'sinusoidal_positional_encoding', 'SinusoidalPositionalEncoding', 'LearnedPositionalEmbedding', 'rotary_frequencies', 'apply_rotary']
+__all__ = [
+    'TokenEmbedding', 'sinusoidal_positional_encoding', 'SinusoidalPositionalEncoding',
+    'LearnedPositionalEmbedding', 'rotary_frequencies', 'apply_rotary',
+]
 
 import math
 

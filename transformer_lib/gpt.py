@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-__all__ = ['python_source_files', 'CharTokenizer', 'GPTConfig', 'GPT', 'lm_loss', 'next_token_probs', 'sample_next_token', 'KVCache', 'forward_with_cache', 'generate']
+__all__ = [
+    'python_source_files', 'CharTokenizer', 'GPTConfig', 'GPT', 'lm_loss', 'next_token_probs',
+    'sample_next_token', 'KVCache', 'forward_with_cache', 'generate',
+]
 
 import math
 import random

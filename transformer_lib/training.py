@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-__all__ = ['label_smoothed_cross_entropy', 'seq2seq_loss', 'transformer_schedule', 'warmup_cosine_schedule', 'clip_grad_norm', 'CheckpointError', 'save_checkpoint', 'latest_checkpoint', 'read_checkpoint_state', 'load_checkpoint', 'Trainer', 'translate', 'exact_match', 'bleu']
+__all__ = [
+    'label_smoothed_cross_entropy', 'seq2seq_loss', 'transformer_schedule',
+    'warmup_cosine_schedule', 'clip_grad_norm', 'CheckpointError', 'save_checkpoint',
+    'latest_checkpoint', 'read_checkpoint_state', 'load_checkpoint', 'Trainer', 'translate',
+    'exact_match', 'bleu',
+]
 
 import copy
 import dataclasses
