@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
 SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext)
 
-.PHONY: help setup book book-clean test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
+.PHONY: help setup book book-clean check-browser test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
 
 help:
 	@echo "make book    build the HTML book into _build/html"
 	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build)"
+	@echo "make check-browser  build the book, then open every page in headless Chromium, offline (needs chromium)"
 	@echo "make lab     open JupyterLab on the repository"
 	@echo "make export  regenerate transformer_lib/ from the chapters"
 	@echo "make labs    regenerate the learner versions labs/*.ipynb from labs/solutions/"
@@ -37,6 +38,13 @@ book-clean: setup
 	rm -rf _build
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(BIN)/python tools/check_html.py
+
+# Every page of the built book in headless Chromium, offline, on a 1280 px and a 390 px screen:
+# fails on error output, raw TeX, broken links or anchors, requests to other servers, console
+# errors, sideways scrolling on the phone, figure text under 9 px (tools/check_browser.py).
+# Needs Chromium (apt-get install chromium; CHROMIUM=/path/to/chrome to choose one).
+check-browser: book
+	$(BIN)/python tools/check_browser.py
 
 lint: setup
 	$(BIN)/ruff check $(SOURCES)
