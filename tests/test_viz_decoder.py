@@ -33,3 +33,20 @@ def test_plot_decoder_attention_draws_both_panels_from_a_layer():
 def test_plot_decoder_attention_rejects_bad_arguments(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         viz.plot_decoder_attention(*args)
+
+
+def test_plot_decoder_attention_stacks_panels_that_do_not_fit_side_by_side():
+    T, S = 12, 20
+    fig = viz.plot_decoder_attention(torch.rand(T, T).tril(), torch.rand(T, S), annotate=True)
+    fig.draw_without_rendering()  # constrained layout places the panels when drawn
+    top, bottom = fig.axes[:2]
+    assert (top.get_title(), bottom.get_title()) == ("masked self-attention", "cross-attention")
+    assert top.get_position().y0 > bottom.get_position().y1
+    assert fig.get_figwidth() <= viz.MAX_WIDTH
+    # cells of the same width: the T columns above span T / S of the S columns below
+    ratio = top.get_position().width / bottom.get_position().width
+    assert ratio == pytest.approx(T / S, rel=0.05)
+    side = viz.plot_decoder_attention(torch.rand(4, 4).tril(), torch.rand(4, 3))
+    side.draw_without_rendering()
+    left, right = side.axes[:2]
+    assert left.get_position().x1 < right.get_position().x0  # small ones stay side by side

@@ -38,10 +38,25 @@ def test_plot_heads_grid_hides_unused_panels():
 
 def test_plot_head_and_query_outlines_the_choice():
     fig = viz.plot_head_and_query(_weights(), head=1, query=3, head_names=["a", "b", "c"])
-    left, right = fig.axes[:2]
-    assert left.get_title().startswith("b:") and _outlined_rows(left) == [3.0]
-    assert "query 3" in right.get_title() and _outlined_rows(right) == [1.0]
-    assert [t.get_text() for t in right.get_yticklabels()] == ["a", "b", "c"]
+    fig.draw_without_rendering()  # constrained layout places the panels when drawn
+    top, bottom = fig.axes[:2]
+    assert top.get_title().startswith("b:") and _outlined_rows(top) == [3.0]
+    assert "query 3" in bottom.get_title() and _outlined_rows(bottom) == [1.0]
+    assert [t.get_text() for t in bottom.get_yticklabels()] == ["a", "b", "c"]
+    # stacked on one key axis, so the figure stays narrow however many keys there are
+    assert top.get_shared_x_axes().joined(top, bottom)
+    assert top.get_position().y0 > bottom.get_position().y1
+
+
+def test_plot_heads_wraps_into_rows_within_the_column():
+    words = "the cat sat on the mat because the mat was warm".split()
+    fig = viz.plot_heads(_weights(H=4, T=11, S=11), words, words)
+    fig.draw_without_rendering()
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("head")]
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 2 x 2, not 1 x 4
+    assert fig.get_figwidth() <= viz.MAX_WIDTH
+    # the rows are labelled once per row of panels
+    assert [ax.yaxis.get_tick_params()["labelleft"] for ax in panels] == [True, False, True, False]
 
 
 @pytest.mark.parametrize(("call", "pattern"), [

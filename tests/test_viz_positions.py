@@ -55,3 +55,13 @@ def test_plot_rotating_pairs_one_panel_per_entry():
         viz.plot_rotating_pairs({"pair 0": torch.zeros(6, 3)})
     with pytest.raises(ValueError, match="pairs"):
         viz.plot_rotating_pairs({})
+
+
+def test_plot_rotating_pairs_wraps_into_rows():
+    pe = sinusoidal_positional_encoding(6, 8)
+    fig = viz.plot_rotating_pairs({f"pair {i}": pe[:, 2 * i: 2 * i + 2] for i in range(3)})
+    fig.draw_without_rendering()
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in shown] == ["pair 0", "pair 1", "pair 2"]
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2  # two rows of two
+    assert fig.get_figwidth() <= viz.MAX_WIDTH
