@@ -369,3 +369,63 @@ def test_from_torch_rejects_settings_we_do_not_have():
     stack = nn.TransformerDecoder(nn.TransformerDecoderLayer(8, 2, 16), 2, norm=nn.RMSNorm(8))
     with pytest.raises(ValueError, match="norm only as nn.LayerNorm.*RMSNorm"):
         from_torch(stack)
+
+
+# --- one forward pass: attention weights and the cache go down through the layers -------------
+
+
+def _weights_by_hand(layer, x, memory, self_mask, memory_mask):
+    """Both attentions' weights, each attention called by hand on its sub-layer's input."""
+    y = layer.norm1(x) if layer.norm_first else x
+    attended, self_w = layer.self_attn(y, y, y, mask=self_mask, need_weights=True)
+    h = x + attended if layer.norm_first else layer.norm1(x + attended)
+    y = layer.norm2(h) if layer.norm_first else h
+    return self_w, layer.cross_attn(y, memory, memory, mask=memory_mask, need_weights=True)[1]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_need_weights_gives_the_output_and_the_weights_of_one_pass(norm_first):
+    torch.manual_seed(0)
+    layer = _randomize_(DecoderLayer(16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    decoder = _randomize_(Decoder(3, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    tgt, src = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]]), torch.tensor([[3, 4, 5], [9, 0, 0]])
+    self_mask, memory_mask = causal_mask(4) & padding_mask(tgt, 0), padding_mask(src, 0)
+    x, memory = torch.randn(2, 4, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64)
+    out, (self_w, cross_w) = layer(x, memory, self_mask, memory_mask, need_weights=True)
+    torch.testing.assert_close(out, layer(x, memory, self_mask, memory_mask), **TOL[torch.float64])
+    for got, expected in zip((self_w, cross_w), _weights_by_hand(layer, x, memory, self_mask, memory_mask)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # what attention_weights gave before
+    for got, expected in zip(layer.attention_weights(x, memory, self_mask, memory_mask), (self_w, cross_w)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    out, per_layer = decoder(x, memory, self_mask, memory_mask, need_weights=True)
+    torch.testing.assert_close(out, decoder(x, memory, self_mask, memory_mask), **TOL[torch.float64])
+    assert len(per_layer) == 3 and decoder.attention_weights(x, memory, self_mask, memory_mask)[2][1].shape == (2, 4, 4, 3)
+    h = x
+    for pair, one in zip(per_layer, decoder.layers, strict=True):
+        for got, expected in zip(pair, _weights_by_hand(one, h, memory, self_mask, memory_mask)):
+            torch.testing.assert_close(got, expected, **TOL[torch.float64])
+        h = one(h, memory, self_mask, memory_mask)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_decoder_in_pieces_equals_one_pass(norm_first):
+    from transformer_lib import LayerCache
+
+    torch.manual_seed(0)
+    decoder = _randomize_(Decoder(2, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    x, memory = torch.randn(2, 6, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    memory_mask = padding_mask(torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]]), 0)
+    full, full_weights = decoder(x, memory, causal_mask(6), memory_mask, need_weights=True)
+    caches, pieces = [LayerCache() for _ in decoder.layers], []
+    for a, b in [(0, 2), (2, 3), (3, 6)]:  # new positions a .. b - 1 see the cached 0 .. a - 1
+        out, weights = decoder(x[:, a:b], memory, causal_mask(b)[a:], memory_mask, cache=caches,
+                               need_weights=True)
+        pieces.append(out)
+        for (self_w, cross_w), (full_self, full_cross) in zip(weights, full_weights):
+            torch.testing.assert_close(self_w, full_self[:, :, a:b, :b], **TOL[torch.float64])
+            torch.testing.assert_close(cross_w, full_cross[:, :, a:b], **TOL[torch.float64])
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, **TOL[torch.float64])
+    assert [(c.self_attn.length, c.cross_attn.length) for c in caches] == [(6, 5), (6, 5)]
+    with pytest.raises(ValueError, match=r"self_mask of shape \(1, 3\) does not broadcast to "
+                                         r"\(B, H, T, cached \+ T\) = \(2, 4, 1, 7\)"):
+        decoder(x[:, :1], memory, causal_mask(3)[2:], memory_mask, cache=caches)

@@ -185,3 +185,55 @@ def test_use_cache_needs_a_transformer_and_models_need_encode_decode():
                       use_cache=True)
     with pytest.raises(TypeError, match="model must have encode"):
         greedy_decode(nn.Linear(2, 2), torch.zeros(1, 1, dtype=torch.long), 3, BOS, EOS)
+
+
+def test_incremental_decoder_runs_the_models_decode_with_its_caches():
+    from transformer_lib import AttentionCache, LayerCache
+
+    model = tiny_transformer(seed=5, norm_first=True)
+    src = torch.randint(0, 11, (4, 7))
+    src[2, 4:] = 11
+    src_mask = padding_mask(src, 11)
+    memory = model.encode(src, src_mask)
+    calls = []
+    for layer in model.decoder.layers:  # the decoder's only way in: the layers' forward
+        layer.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("cache")),
+                                    with_kwargs=True)
+    stepper = IncrementalDecoder(model, memory, src_mask)
+    assert stepper.length == 0 and len(stepper.caches) == 2
+    assert isinstance(stepper.caches[0], LayerCache) and stepper.caches[0].cross_attn.cross
+    prefix = torch.full((4, 1), BOS)
+    for step in range(1, 5):
+        full = torch.log_softmax(model.decode(prefix, memory, src_mask)[:, -1], dim=-1)
+        torch.testing.assert_close(stepper(prefix), full, atol=1e-5, rtol=1e-5)
+        assert stepper.length == step
+        assert [(c.self_attn.length, c.cross_attn.length) for c in stepper.caches] == [(step, 7)] * 2
+        prefix = torch.cat([prefix, full.argmax(-1, keepdim=True)], dim=1)
+    assert calls[-2:] == stepper.caches and calls[0] is None  # the full decodes pass no cache
+    # beam search's reorder: the rows of every cache, of the memory and of the mask follow
+    index = torch.tensor([3, 3, 0, 1])
+    keys = stepper.caches[1].self_attn.keys.clone()
+    stepper.reorder(index)
+    torch.testing.assert_close(stepper.caches[1].self_attn.keys, keys[index], rtol=0, atol=0)
+    full = torch.log_softmax(model.decode(prefix[index], memory[index], src_mask[index])[:, -1], dim=-1)
+    torch.testing.assert_close(stepper(prefix[index]), full, atol=1e-5, rtol=1e-5)
+    empty = AttentionCache()
+    empty.reorder(index)  # nothing cached yet: nothing to reorder
+    assert empty.length == 0 and empty.keys is None and not empty.cross
+
+
+def test_decode_with_a_cache_in_pieces_and_its_weights():
+    from transformer_lib import LayerCache
+
+    model = tiny_transformer(seed=6, positions="learned").double()
+    src, tgt = torch.randint(0, 11, (3, 5)), torch.randint(0, 11, (3, 8))
+    memory = model.encode(src)
+    full, full_weights = model.decode(tgt, memory, need_weights=True)
+    torch.testing.assert_close(full, model.decode(tgt, memory), rtol=1e-12, atol=1e-12)
+    caches = [LayerCache() for _ in model.decoder.layers]
+    first = model.decode(tgt[:, :3], memory, cache=caches)
+    second, weights = model.decode(tgt[:, 3:], memory, cache=caches, need_weights=True)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-10, atol=1e-10)
+    for (self_w, cross_w), (full_self, full_cross) in zip(weights, full_weights, strict=True):
+        torch.testing.assert_close(self_w, full_self[:, :, 3:], rtol=1e-10, atol=1e-10)  # (B, H, 5, 8)
+        torch.testing.assert_close(cross_w, full_cross[:, :, 3:], rtol=1e-10, atol=1e-10)

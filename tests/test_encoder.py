@@ -211,3 +211,66 @@ def test_a_self_attention_without_the_causal_flag_still_plugs_in():
     for layer in encoder.layers:
         layer.self_attn = PlainAttention(layer.self_attn)
     torch.testing.assert_close(encoder(x), expected)
+
+
+# ---- one forward pass: attention weights and the cache go down through the layers
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_need_weights_returns_the_output_and_the_weights_of_the_same_pass(norm_first):
+    torch.manual_seed(0)
+    layer = randomize_(EncoderLayer(16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    stack = randomize_(Encoder(3, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    mask = ~random_padding(2, 6, torch.Generator().manual_seed(1))[:, None, None, :]
+    out, weights = layer(x, mask, need_weights=True)
+    torch.testing.assert_close(out, layer(x, mask), **TOL[torch.float64])
+    # the weights are the self-attention's on the sub-layer's input (normalized first in pre-LN)
+    y = layer.norm1(x) if norm_first else x
+    expected = layer.self_attn(y, y, y, mask=mask, need_weights=True)[1]
+    torch.testing.assert_close(weights, expected, rtol=0, atol=0)
+    out, per_layer = stack(x, mask, need_weights=True)
+    torch.testing.assert_close(out, stack(x, mask), **TOL[torch.float64])
+    h = x
+    for w, one in zip(per_layer, stack.layers, strict=True):
+        torch.testing.assert_close(w, one(h, mask, need_weights=True)[1], **TOL[torch.float64])
+        h = one(h, mask)
+    causal_out, causal_w = layer(x, is_causal=True, need_weights=True)
+    torch.testing.assert_close(causal_out, layer(x, is_causal=True), **TOL[torch.float64])
+    assert (causal_w.triu(diagonal=1) == 0).all()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_encoder_in_pieces_equals_one_causal_pass(norm_first):
+    from transformer_lib import AttentionCache
+
+    torch.manual_seed(0)
+    stack = randomize_(Encoder(2, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    full = stack(x, is_causal=True)
+    caches = [AttentionCache() for _ in stack.layers]
+    pieces = [stack(x[:, a:b], is_causal=True, cache=caches) for a, b in [(0, 3), (3, 4), (4, 7)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, **TOL[torch.float64])
+    assert [c.length for c in caches] == [7, 7]
+    with pytest.raises(ValueError, match="cache must hold one cache per layer, 2, got 1"):
+        stack(x, is_causal=True, cache=caches[:1])
+
+
+def test_attention_sublayer_passes_on_only_the_options_that_are_set():
+    from transformer_lib import attention_sublayer
+
+    seen = []
+
+    class Recording(nn.Module):  # an attention with only the lab's arguments
+        def forward(self, query, key, value, mask=None, need_weights=False):
+            seen.append((key is query, mask, need_weights))
+            return (query, "w") if need_weights else query
+
+    x, memory, weights = torch.randn(1, 2, 4), torch.randn(1, 3, 4), []
+    assert attention_sublayer(Recording())(x) is x
+    assert attention_sublayer(Recording(), is_causal=False, cache=None)(x) is x
+    assert attention_sublayer(Recording(), None, memory, weights=weights)(x) is x
+    assert seen == [(True, None, False), (True, None, False), (False, None, True)]
+    assert weights == ["w"]
+    with pytest.raises(TypeError, match="is_causal"):
+        attention_sublayer(Recording(), is_causal=True)(x)

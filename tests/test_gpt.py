@@ -331,6 +331,34 @@ def test_kv_cache_size():
     assert "length=0/16" in repr(cache)
 
 
+def test_the_cache_goes_down_the_blocks_and_is_filled_in_place():
+    from transformer_lib import AttentionCache, PreallocatedCache
+
+    model = small_model()
+    idx = random_ids(2, 10)
+    cache = KVCache(model, batch_size=2)
+    assert len(cache.layers) == 2 and all(isinstance(c, PreallocatedCache) for c in cache.layers)
+    assert isinstance(cache.layers[0], AttentionCache) and cache.length == 0
+    buffers = [t.data_ptr() for t in cache.keys + cache.values]
+    first = model(idx[:, :6], cache=cache)  # forward_with_cache is this call
+    second = forward_with_cache(model, idx[:, 6:], cache)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), model(idx), rtol=1e-10, atol=1e-10)
+    assert cache.length == 10 and [c.length for c in cache.layers] == [10, 10]
+    assert [t.data_ptr() for t in cache.keys + cache.values] == buffers  # written in place
+    block = cache.layers[1]
+    assert block.keys.data_ptr() == block.key_buffer.data_ptr() and block.keys.shape == (2, 4, 10, 6)
+    # the blocks' keys are their attentions' projections of the (normalized) inputs, in order
+    h = model.positions(model.embed(idx))
+    layer0 = model.blocks.layers[0]
+    expected = layer0.self_attn.k_proj(layer0.norm1(h)).view(2, 10, 4, 6).transpose(1, 2)
+    torch.testing.assert_close(cache.layers[0].keys, expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="the cache has room for 16 positions: 10 are filled, 7 more"):
+        cache.layers[0].update(*[torch.zeros(2, 4, 7, 6, dtype=torch.float64)] * 2)
+    cache.layers[1].reorder(torch.tensor([1, 1]))
+    torch.testing.assert_close(cache.layers[1].keys[0], cache.layers[1].keys[1], rtol=0, atol=0)
+    assert cache.layers[1].length == 10 and cache.keys[1].shape == (2, 4, 16, 6)
+
+
 # ---- data
 
 def test_char_tokenizer():

@@ -167,3 +167,37 @@ def test_encoder_decoder_matches_nn_transformer(dtype, norm_first):
     got = ours(src, tgt, src_mask=keep, tgt_mask=causal_mask(5), memory_mask=keep)
     tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-10}
     torch.testing.assert_close(got, expected, **tol)
+
+
+def test_decode_returns_the_weights_of_its_own_pass():
+    model = Transformer(small_config(pad_id=0, norm_first=True)).eval()
+    src = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    tgt = torch.tensor([[1, 9, 9, 2, 5], [1, 3, 2, 0, 0]])
+    src_mask = padding_mask(src, 0)
+    tgt_mask = causal_mask(5) & padding_mask(tgt, 0)
+    memory = model.encode(src, src_mask)
+    logits, weights = model.decode(tgt, memory, src_mask, tgt_mask, need_weights=True)
+    torch.testing.assert_close(logits, model.decode(tgt, memory, src_mask, tgt_mask))
+    # the decoder's weights for the embedded target, as Decoder.attention_weights gives them
+    y = model.tgt_positions(model.tgt_embed(tgt))
+    expected = model.decoder.attention_weights(y, memory, tgt_mask, src_mask)
+    assert len(weights) == 2
+    for pair, expected_pair in zip(weights, expected, strict=True):
+        for got, want in zip(pair, expected_pair, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (weights[1][1][1, :, :, 2:] == 0).all()  # no cross-attention to the source's padding
+
+
+def test_no_module_imports_a_private_name_of_another():
+    import ast
+    from pathlib import Path
+
+    import transformer_lib
+
+    crossings = []
+    for path in Path(transformer_lib.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformer_lib"):
+                crossings += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_")]
+    assert crossings == []

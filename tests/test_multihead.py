@@ -347,3 +347,110 @@ def test_is_causal_with_a_mask_or_cross_attention_raises():
         layer(x, x, x, mask=causal_mask(5), is_causal=True)
     with pytest.raises(ValueError, match=r"is_causal=True needs as many keys as queries.*T=5.*S=7"):
         layer(x, torch.randn(2, 7, 8), torch.randn(2, 7, 8), is_causal=True)
+
+
+# ---- split_heads and merge_heads (lab 2's contract), and the cache path
+
+
+def test_split_and_merge_heads_meet_lab_2s_contract(capsys):
+    from transformer_lib import checks, merge_heads, split_heads
+
+    checks.check_split_heads(split_heads)
+    checks.check_merge_heads(merge_heads)
+    x = torch.randn(2, 5, 12)
+    heads = split_heads(x, 3)
+    assert heads.shape == (2, 3, 5, 4)
+    torch.testing.assert_close(heads[:, 1], x[..., 4:8], rtol=0, atol=0)  # head 1: features 4 .. 7
+    torch.testing.assert_close(merge_heads(heads), x, rtol=0, atol=0)
+    assert transformer_lib.split_heads is multihead_module.split_heads
+    assert {"split_heads", "merge_heads"} <= set(transformer_lib.__all__)
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 10), 3), r"D divisible by num_heads=3"),
+        (lambda: transformer_lib.split_heads(torch.randn(5, 12), 3), r"x must have shape \(B, T, D\)"),
+        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 12), 0), r"num_heads must be a positive int"),
+        (lambda: transformer_lib.merge_heads(torch.randn(2, 5, 12)), r"x must have shape \(B, H, T, Dh\)"),
+    ],
+)
+def test_split_and_merge_heads_name_a_wrong_shape(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_cached_self_attention_in_pieces_equals_one_causal_pass(dtype, need_weights):
+    from transformer_lib import AttentionCache
+
+    layer = MultiHeadAttention(12, 3).to(dtype).eval()
+    x = torch.randn(2, 9, 12, dtype=dtype)
+    full = layer(x, x, x, is_causal=True, need_weights=need_weights)
+    cache, pieces = AttentionCache(), []
+    for a, b in [(0, 4), (4, 5), (5, 9)]:
+        piece = x[:, a:b]
+        pieces.append(layer(piece, piece, piece, is_causal=True, need_weights=need_weights,
+                            cache=cache))
+        assert cache.length == b and cache.keys.shape == (2, 3, b, 4)
+    if need_weights:
+        torch.testing.assert_close(torch.cat([p[0] for p in pieces], dim=1), full[0], **TOL[dtype])
+        for (a, b), (_, weights) in zip([(0, 4), (4, 5), (5, 9)], pieces):
+            assert weights.shape == (2, 3, b - a, b)  # the new queries over every key so far
+            torch.testing.assert_close(weights, full[1][:, :, a:b, :b], **TOL[dtype])
+    else:
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, **TOL[dtype])
+    # the cache holds exactly the keys and values of the full pass
+    torch.testing.assert_close(cache.keys, layer.k_proj(x).view(2, 9, 3, 4).transpose(1, 2))
+
+
+def test_cached_attention_with_an_explicit_mask_over_the_cached_keys():
+    from transformer_lib import AttentionCache
+
+    layer = MultiHeadAttention(8, 2).double().eval()
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = causal_mask(6) & pad[:, None, None, :]  # (B, 1, T, S)
+    full = layer(x, x, x, mask=mask)
+    cache = AttentionCache()
+    first = layer(x[:, :2], x[:, :2], x[:, :2], mask=mask[..., :2, :2], cache=cache)
+    second = layer(x[:, 2:], x[:, 2:], x[:, 2:], mask=mask[..., 2:, :], cache=cache)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=r"mask of shape \(4, 4\) does not broadcast.*\(3, 2, 4, 10\)"):
+        layer(x[:, 2:], x[:, 2:], x[:, 2:], mask=causal_mask(4), cache=cache)
+
+
+def test_a_cross_attention_cache_projects_the_memory_once():
+    from transformer_lib import AttentionCache
+
+    layer = MultiHeadAttention(8, 2).eval()
+    memory, mask = torch.randn(2, 5, 8), padding_mask(torch.tensor([[1, 2, 3, 4, 5], [1, 2, 0, 0, 0]]), 0)
+    calls = []
+    layer.k_proj.register_forward_hook(lambda *args: calls.append("k"))
+    cache = AttentionCache(cross=True)
+    queries = torch.randn(2, 4, 8)
+    for t in range(4):  # one query per step, as a decoder's cross-attention sees them
+        out, weights = layer(queries[:, t:t + 1], memory, memory, mask=mask, cache=cache,
+                             need_weights=True)
+        expected, expected_weights = layer(queries[:, t:t + 1], memory, memory, mask=mask,
+                                           need_weights=True)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(weights, expected_weights)
+        assert cache.length == 5
+    assert calls.count("k") == 1 + 4  # the cached calls projected the memory once; uncached, each time
+
+
+def test_attention_cache_reorders_rows_and_rejects_another_batch():
+    from transformer_lib import AttentionCache
+
+    layer = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(3, 4, 8)
+    cache = AttentionCache()
+    layer(x, x, x, is_causal=True, cache=cache)
+    keys = cache.keys.clone()
+    cache.reorder(torch.tensor([2, 2, 0]))
+    torch.testing.assert_close(cache.keys, keys[[2, 2, 0]], rtol=0, atol=0)
+    assert "length=4" in repr(cache)
+    with pytest.raises(ValueError, match=r"cannot extend the cache's \(N, H, t, Dh\) = \(3, 2, 4, 4\)"):
+        layer(x[:2, :1], x[:2, :1], x[:2, :1], cache=cache)

@@ -23,6 +23,7 @@ from transformer_lib.data import (
 )
 from transformer_lib.decoder import Decoder, DecoderLayer
 from transformer_lib.decoding import (
+    AttentionCache,
     IncrementalDecoder,
     LayerCache,
     beam_search,
@@ -43,6 +44,8 @@ from transformer_lib.encoder import (
     Encoder,
     EncoderLayer,
     FeedForward,
+    LayerStack,
+    attention_sublayer,
     sublayer_connection,
 )
 from transformer_lib.gpt import (
@@ -50,6 +53,7 @@ from transformer_lib.gpt import (
     CharTokenizer,
     GPTConfig,
     KVCache,
+    PreallocatedCache,
     forward_with_cache,
     generate,
     lm_loss,
@@ -59,7 +63,7 @@ from transformer_lib.gpt import (
 )
 from transformer_lib.interop import from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
-from transformer_lib.multihead import MultiHeadAttention
+from transformer_lib.multihead import MultiHeadAttention, merge_heads, split_heads
 from transformer_lib.training import (
     CheckpointError,
     Trainer,
@@ -69,6 +73,7 @@ from transformer_lib.training import (
     label_smoothed_cross_entropy,
     latest_checkpoint,
     load_checkpoint,
+    progress_file,
     read_checkpoint_state,
     save_checkpoint,
     seq2seq_loss,
@@ -86,6 +91,8 @@ __all__ = [
     'causal_mask',
     'padding_mask',
     'scaled_dot_product_attention',
+    'split_heads',
+    'merge_heads',
     'MultiHeadAttention',
     'TokenEmbedding',
     'sinusoidal_positional_encoding',
@@ -96,7 +103,9 @@ __all__ = [
     'ACTIVATIONS',
     'FeedForward',
     'sublayer_connection',
+    'attention_sublayer',
     'EncoderLayer',
+    'LayerStack',
     'Encoder',
     'DecoderLayer',
     'Decoder',
@@ -107,6 +116,7 @@ __all__ = [
     'length_penalty',
     'beam_search',
     'sequence_log_prob',
+    'AttentionCache',
     'LayerCache',
     'IncrementalDecoder',
     'FIRST_DATE',
@@ -134,6 +144,7 @@ __all__ = [
     'latest_checkpoint',
     'read_checkpoint_state',
     'load_checkpoint',
+    'progress_file',
     'Trainer',
     'translate',
     'exact_match',
@@ -145,6 +156,7 @@ __all__ = [
     'lm_loss',
     'next_token_probs',
     'sample_next_token',
+    'PreallocatedCache',
     'KVCache',
     'forward_with_cache',
     'generate',

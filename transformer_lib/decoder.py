@@ -5,23 +5,31 @@ from __future__ import annotations
 
 __all__ = ['DecoderLayer', 'Decoder']
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-# Chapter 1's check of a mask's type and shape.
-from transformer_lib.attention import _check_mask
+# the argument checks that several modules share, one message per mistake
+from transformer_lib._validate import (
+    check_layer_norm_eps,
+    check_mask,
+    check_positive_ints,
+    check_probability,
+)
 
-# Chapter 4's pieces: the feed-forward network, the residual + norm wrapper, the argument checks,
-# the stack of layers.
+# Chapter 4's pieces: the feed-forward network, the residual + norm wrapper, the attention
+# sub-layer, the stack of layers.
 from transformer_lib.encoder import (
     FeedForward,
-    _check_layer_norm_eps,
-    _check_positive_ints,
-    _check_probability,
-    _LayerStack,
+    LayerStack,
+    attention_sublayer,
     sublayer_connection,
 )
 from transformer_lib.multihead import MultiHeadAttention
+
+if TYPE_CHECKING:
+    from transformer_lib.decoding import LayerCache  # chapter 6 builds the cache
 
 
 class DecoderLayer(nn.Module):
@@ -50,9 +58,9 @@ class DecoderLayer(nn.Module):
                  activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
                  bias: bool = True) -> None:
         super().__init__()
-        _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
-        _check_probability("dropout", dropout)
-        _check_layer_norm_eps(layer_norm_eps)
+        check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        check_probability("dropout", dropout)
+        check_layer_norm_eps(layer_norm_eps)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
@@ -63,7 +71,8 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
-                memory_mask: Tensor | None = None) -> Tensor:
+                memory_mask: Tensor | None = None, *, cache: LayerCache | None = None,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Args:
             x: ``(B, T, D)``, the embedded (shifted-right) target or the previous layer's output.
             memory: ``(B, S, D)``, the encoder's output.
@@ -72,45 +81,48 @@ class DecoderLayer(nn.Module):
                 see every other, the future included.
             memory_mask: bool, broadcastable to ``(B, H, T, S)``; usually
                 ``padding_mask(src, pad_id)`` of shape ``(B, 1, 1, S)``.
+            cache: this layer's :class:`~transformer_lib.decoding.LayerCache`, for decoding a
+                few positions at a time (chapter 6): ``x`` holds only the new positions, whose
+                keys and values join ``cache.self_attn``; the memory's are projected once into
+                ``cache.cross_attn``. ``self_mask`` then covers the cached positions too,
+                ``(B, H, T, cached + T)``.
+            need_weights: also return the weights of both attentions.
 
         Returns:
-            ``(B, T, D)``.
+            ``(B, T, D)``; with ``need_weights=True``, the pair
+            ``(output, (self_weights, cross_weights))``, weights ``(B, H, T, T)`` (the keys
+            counting the cached positions, if any) and ``(B, H, T, S)``, after dropout if the
+            layer is in training mode.
         """
-        _check_decoder_inputs(x, memory, self_mask, memory_mask, self.self_attn)
-        x = sublayer_connection(x, lambda y: self.self_attn(y, y, y, mask=self_mask),
-                                self.norm1, self.dropout, self.norm_first)
-        x = sublayer_connection(x, lambda y: self.cross_attn(y, memory, memory, mask=memory_mask),
-                                self.norm2, self.dropout, self.norm_first)
-        return sublayer_connection(x, self.ffn, self.norm3, self.dropout, self.norm_first)
+        self_cache, cross_cache = (None, None) if cache is None else (cache.self_attn,
+                                                                        cache.cross_attn)
+        cached = 0 if self_cache is None else self_cache.length
+        _check_decoder_inputs(x, memory, self_mask, memory_mask, self.self_attn, cached)
+        weights: list[Tensor] | None = [] if need_weights else None
+        attend_self = attention_sublayer(self.self_attn, self_mask, weights=weights,
+                                         cache=self_cache)
+        attend_memory = attention_sublayer(self.cross_attn, memory_mask, memory, weights=weights,
+                                           cache=cross_cache)
+        x = sublayer_connection(x, attend_self, self.norm1, self.dropout, self.norm_first)
+        x = sublayer_connection(x, attend_memory, self.norm2, self.dropout, self.norm_first)
+        x = sublayer_connection(x, self.ffn, self.norm3, self.dropout, self.norm_first)
+        return (x, (weights[0], weights[1])) if weights is not None else x
 
     def attention_weights(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                           memory_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The weights of both attentions for these inputs (arguments as for ``forward``).
+        """The weights of both attentions for these inputs (arguments as for ``forward``): the
+        second item of ``forward(..., need_weights=True)``.
 
         Returns:
             ``(self_weights, cross_weights)``: ``(B, H, T, T)`` and ``(B, H, T, S)``, after
             dropout if the layer is in training mode.
         """
-        _check_decoder_inputs(x, memory, self_mask, memory_mask, self.self_attn)
-        weights: list[Tensor] = []
-
-        def attend(attention: MultiHeadAttention, keys_values: Tensor | None, mask: Tensor | None):
-            def sublayer(y: Tensor) -> Tensor:  # a sub-layer that also records its weights
-                kv = y if keys_values is None else keys_values
-                out, w = attention(y, kv, kv, mask=mask, need_weights=True)
-                weights.append(w)
-                return out
-            return sublayer
-
-        x = sublayer_connection(x, attend(self.self_attn, None, self_mask),
-                                self.norm1, self.dropout, self.norm_first)
-        sublayer_connection(x, attend(self.cross_attn, memory, memory_mask),
-                            self.norm2, self.dropout, self.norm_first)
-        return weights[0], weights[1]
+        return self(x, memory, self_mask, memory_mask, need_weights=True)[1]
 
 
 def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
-                          memory_mask: Tensor | None, attention: MultiHeadAttention) -> None:
+                          memory_mask: Tensor | None, attention: MultiHeadAttention,
+                          cached: int = 0) -> None:
     d_model, num_heads = attention.d_model, attention.num_heads
     for name, t, shape in (("x", x, "(B, T, D)"), ("memory", memory, "(B, S, D)")):
         if not isinstance(t, Tensor):
@@ -124,11 +136,12 @@ def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
     if memory.dtype != x.dtype:
         raise ValueError(f"memory must have x's dtype {x.dtype}, got {memory.dtype}")
     B, T, S = x.size(0), x.size(1), memory.size(1)
-    _check_mask("self_mask", self_mask, torch.Size((B, num_heads, T, T)), "(B, H, T, T)")
-    _check_mask("memory_mask", memory_mask, torch.Size((B, num_heads, T, S)), "(B, H, T, S)")
+    keys = "T" if cached == 0 else "cached + T"  # with a cache, the new positions see the cached ones
+    check_mask("self_mask", self_mask, torch.Size((B, num_heads, T, cached + T)), f"(B, H, T, {keys})")
+    check_mask("memory_mask", memory_mask, torch.Size((B, num_heads, T, S)), "(B, H, T, S)")
 
 
-class Decoder(_LayerStack):
+class Decoder(LayerStack):
     """A stack of ``num_layers`` decoder layers and an optional final layer normalization.
 
     Args:
@@ -140,22 +153,23 @@ class Decoder(_LayerStack):
 
     Shape:
         ``forward(x (B, T, D), memory (B, S, D), self_mask=None, memory_mask=None) -> (B, T, D)``;
-        every layer attends over the same ``memory``; masks as for :class:`DecoderLayer`.
+        every layer attends over the same ``memory``; masks as for :class:`DecoderLayer`. With
+        ``need_weights=True`` it also returns each layer's ``(self_weights, cross_weights)``,
+        first layer first; ``cache`` holds one :class:`~transformer_lib.decoding.LayerCache`
+        per layer (chapter 6).
     """
 
     layer_type = DecoderLayer
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
-                memory_mask: Tensor | None = None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, memory, self_mask, memory_mask)
-        return x if self.norm is None else self.norm(x)
+                memory_mask: Tensor | None = None, *, cache: list[LayerCache] | None = None,
+                need_weights: bool = False
+                ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        return super().forward(x, memory, self_mask, memory_mask, cache=cache,
+                               need_weights=need_weights)
 
     def attention_weights(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                           memory_mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Each layer's ``(self_weights (B, H, T, T), cross_weights (B, H, T, S))``, first layer first."""
-        weights = []
-        for layer in self.layers:
-            weights.append(layer.attention_weights(x, memory, self_mask, memory_mask))
-            x = layer(x, memory, self_mask, memory_mask)
-        return weights
+        """Each layer's ``(self_weights (B, H, T, T), cross_weights (B, H, T, S))``, first layer
+        first: the second item of ``forward(..., need_weights=True)``."""
+        return self(x, memory, self_mask, memory_mask, need_weights=True)[1]

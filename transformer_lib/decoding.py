@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 __all__ = [
-    'greedy_decode', 'length_penalty', 'beam_search', 'sequence_log_prob', 'LayerCache',
-    'IncrementalDecoder',
+    'greedy_decode', 'length_penalty', 'beam_search', 'sequence_log_prob', 'AttentionCache',
+    'LayerCache', 'IncrementalDecoder',
 ]
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer_lib.attention import causal_mask, scaled_dot_product_attention
-from transformer_lib.encoder import sublayer_connection
+from transformer_lib.attention import causal_mask
 
 if TYPE_CHECKING:
     from transformer_lib.model import Transformer
@@ -73,9 +73,9 @@ class _FullPrefixStepper:
 
 
 def _can_cache(model: nn.Module) -> bool:
-    """Does ``model`` have the parts of a :class:`Transformer` that the cache reads?"""
-    return all(hasattr(model, name) for name in ("tgt_embed", "tgt_positions", "decoder",
-                                                 "out_proj", "config"))
+    """Does ``model`` decode with a cache, as a :class:`Transformer` does (one per layer)?"""
+    return (hasattr(getattr(model, "decoder", None), "layers")
+            and "cache" in inspect.signature(model.decode).parameters)
 
 
 def _stepper(model: nn.Module, memory: Tensor, src_mask: Tensor | None, use_cache: bool | None):
@@ -83,8 +83,8 @@ def _stepper(model: nn.Module, memory: Tensor, src_mask: Tensor | None, use_cach
         use_cache = _can_cache(model)
     if use_cache:
         if not _can_cache(model):
-            raise ValueError(f"use_cache=True needs a transformer_lib Transformer (the cache "
-                             f"reads its layers), got {type(model).__name__}")
+            raise ValueError(f"use_cache=True needs a transformer_lib Transformer (its decode "
+                             f"takes a cache, one per decoder layer), got {type(model).__name__}")
         return IncrementalDecoder(model, memory, src_mask)
     return _FullPrefixStepper(model, memory, src_mask)
 
@@ -103,8 +103,8 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_
         bos_id, eos_id: the ids that start and end a sequence.
         src_mask: bool, broadcastable to ``(B, 1, 1, S)``, ``True`` = a real source token.
         use_cache: reuse keys and values across steps (:class:`IncrementalDecoder`); ``None``
-            means "when the model is a :class:`Transformer`" (has its decoder, embeddings and
-            projection). The tokens are the same either way.
+            means "when the model is a :class:`Transformer`" (its ``decode`` takes a
+            ``cache``). The tokens are the same either way.
 
     Returns:
         One 1-d tensor per source: the ids from ``bos_id`` up to and including ``eos_id``
@@ -265,32 +265,71 @@ def sequence_log_prob(model: nn.Module, src: Tensor, tgt: Tensor,
     return token_log_probs.squeeze(-1).sum(dim=-1)  # (B, T - 1, 1) -> (B,)
 
 
-def _split_heads(attention: nn.Module, x: Tensor, projection: nn.Linear) -> Tensor:
-    B, L, _ = x.shape
-    return projection(x).view(B, L, attention.num_heads, attention.head_dim).transpose(1, 2)  # (B, L, D) -> (B, H, L, Dh)
+class AttentionCache:
+    """The keys and values that one attention has computed so far, kept between calls.
 
+    :class:`~transformer_lib.multihead.MultiHeadAttention` called with ``cache=`` gives it the
+    new positions' keys and values (:meth:`update`) and attends over all that it holds.
 
-def _attend(attention: nn.Module, x: Tensor, keys: Tensor, values: Tensor,
-            mask: Tensor | None) -> Tensor:
-    """Multi-head attention of the queries of ``x`` ``(N, 1, D)`` over cached keys and values."""
-    q = _split_heads(attention, x, attention.q_proj)  # (N, 1, D) -> (N, H, 1, Dh)
-    heads, _ = scaled_dot_product_attention(q, keys, values, mask=mask)  # (N, H, 1, Dh)
-    N, _, L, _ = heads.shape
-    return attention.out_proj(heads.transpose(1, 2).reshape(N, L, -1))  # (N, H, 1, Dh) -> (N, 1, D)
+    Args:
+        cross: the cache of a cross-attention, which holds the memory's keys and values: the
+            attention projects them at its first call and reads them at every later one (the
+            memory does not change while decoding).
+
+    Attributes:
+        keys, values: ``(N, H, length, Dh)``, the earliest position first; ``None`` before the
+            first call.
+    """
+
+    def __init__(self, cross: bool = False) -> None:
+        self.cross = cross
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """How many positions the cache holds: the new ones are numbered from here."""
+        return 0 if self.keys is None else self.keys.size(2)
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' ``keys`` and ``values`` ``(N, H, L, Dh)``.
+
+        Returns:
+            All the keys and values, ``(N, H, length, Dh)`` each, the earlier positions first.
+        """
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            return keys, values
+        if keys.shape[:2] != self.keys.shape[:2] or keys.shape[3:] != self.keys.shape[3:]:
+            raise ValueError(f"keys of shape {tuple(keys.shape)} cannot extend the cache's "
+                             f"(N, H, t, Dh) = {tuple(self.keys.shape)}: N, H and Dh must agree "
+                             f"(a new batch needs a new cache)")
+        self.keys = torch.cat([self.keys, keys], dim=2)  # (N, H, t, Dh) -> (N, H, t + L, Dh)
+        self.values = torch.cat([self.values, values], dim=2)
+        return self.keys, self.values
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the rows ``index`` (beam search selects and duplicates hypotheses)."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cross={self.cross}, length={self.length})"
 
 
 @dataclass
 class LayerCache:
-    """What one decoder layer keeps between decoding steps."""
+    """What one decoder layer keeps between decoding steps: a cache for each attention."""
 
-    self_keys: Tensor  # (N, H, t, Dh): grows by one position per step
-    self_values: Tensor  # (N, H, t, Dh)
-    memory_keys: Tensor  # (N, H, S, Dh): computed once from the encoder memory
-    memory_values: Tensor  # (N, H, S, Dh)
+    self_attn: AttentionCache = field(default_factory=AttentionCache)  # grows by a position a step
+    cross_attn: AttentionCache = field(  # the memory's keys and values, from the first step
+        default_factory=lambda: AttentionCache(cross=True))
 
     def reorder(self, index: Tensor) -> None:
-        for name in ("self_keys", "self_values", "memory_keys", "memory_values"):
-            setattr(self, name, getattr(self, name).index_select(0, index))
+        """Keep the rows ``index`` of both caches."""
+        self.self_attn.reorder(index)
+        self.cross_attn.reorder(index)
 
 
 class IncrementalDecoder:
@@ -298,8 +337,9 @@ class IncrementalDecoder:
 
     A stepper for :func:`greedy_decode` and :func:`beam_search`: called with the prefixes
     ``(N, t)`` generated so far, it returns the next-token log-probabilities ``(N, V)``, but
-    runs the decoder on the newest token only. Gives the same tokens as re-running
-    ``model.decode`` on the whole prefix.
+    runs the decoder on the newest token only, ``model.decode(newest, memory, src_mask,
+    cache=caches)`` with one :class:`LayerCache` per decoder layer. Gives the same tokens as
+    re-running ``model.decode`` on the whole prefix.
 
     Args:
         model: the :class:`Transformer` (in eval mode for deterministic results).
@@ -308,47 +348,26 @@ class IncrementalDecoder:
     """
 
     def __init__(self, model: Transformer, memory: Tensor, src_mask: Tensor | None) -> None:
-        self.model, self.src_mask, self.length = model, src_mask, 0
-        self.caches = []
-        for layer in model.decoder.layers:
-            empty = memory.new_zeros(memory.size(0), layer.self_attn.num_heads, 0,
-                                     layer.self_attn.head_dim)  # (N, H, 0, Dh)
-            self.caches.append(LayerCache(
-                empty, empty,
-                _split_heads(layer.cross_attn, memory, layer.cross_attn.k_proj),  # once per source
-                _split_heads(layer.cross_attn, memory, layer.cross_attn.v_proj),
-            ))
+        self.model, self.memory, self.src_mask = model, memory, src_mask
+        self.caches = [LayerCache() for _ in model.decoder.layers]
+
+    @property
+    def length(self) -> int:
+        """How many tokens the caches hold."""
+        return self.caches[0].self_attn.length
 
     def __call__(self, prefix: Tensor) -> Tensor:
         if prefix.size(1) != self.length + 1:
             raise ValueError(f"IncrementalDecoder expects prefixes one token longer at each call: "
                              f"has seen {self.length} tokens, got a prefix of {prefix.size(1)}")
-        token = prefix[:, -1:]  # (N, 1): only the newest token is new
-        self.model._check_tokens("prefix", token, self.model.config.tgt_vocab_size)
-        x = self.model.tgt_positions(self.model.tgt_embed(token), offset=self.length)  # (N, 1, D)
-        for layer, cache in zip(self.model.decoder.layers, self.caches):
-            x = self._layer_step(layer, cache, x)
-        if self.model.decoder.norm is not None:
-            x = self.model.decoder.norm(x)
-        self.length += 1
-        return F.log_softmax(self.model.out_proj(x)[:, -1].float(), dim=-1)  # (N, V)
-
-    def _layer_step(self, layer: nn.Module, cache: LayerCache, x: Tensor) -> Tensor:
-        def self_attention(y: Tensor) -> Tensor:  # y (N, 1, D): the new position, normalized or not
-            cache.self_keys = torch.cat([cache.self_keys, _split_heads(layer.self_attn, y, layer.self_attn.k_proj)], dim=2)
-            cache.self_values = torch.cat([cache.self_values, _split_heads(layer.self_attn, y, layer.self_attn.v_proj)], dim=2)
-            # no mask: the newest position may attend to every cached (earlier) position
-            return _attend(layer.self_attn, y, cache.self_keys, cache.self_values, None)
-
-        def cross_attention(y: Tensor) -> Tensor:
-            return _attend(layer.cross_attn, y, cache.memory_keys, cache.memory_values, self.src_mask)
-
-        x = sublayer_connection(x, self_attention, layer.norm1, layer.dropout, layer.norm_first)
-        x = sublayer_connection(x, cross_attention, layer.norm2, layer.dropout, layer.norm_first)
-        return sublayer_connection(x, layer.ffn, layer.norm3, layer.dropout, layer.norm_first)
+        newest = prefix[:, -1:]  # (N, 1): the caches hold what the earlier tokens contribute
+        logits = self.model.decode(newest, self.memory, self.src_mask, cache=self.caches)  # (N, 1, V)
+        return F.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
 
     def reorder(self, index: Tensor) -> None:
+        """Keep the rows ``index``: of every cache, of the memory and of the source mask."""
         for cache in self.caches:
             cache.reorder(index)
+        self.memory = self.memory.index_select(0, index)
         if self.src_mask is not None:
             self.src_mask = self.src_mask.index_select(0, index)

@@ -3,33 +3,25 @@
 
 from __future__ import annotations
 
-__all__ = ['ACTIVATIONS', 'FeedForward', 'sublayer_connection', 'EncoderLayer', 'Encoder']
+__all__ = [
+    'ACTIVATIONS', 'FeedForward', 'sublayer_connection', 'attention_sublayer', 'EncoderLayer',
+    'LayerStack', 'Encoder',
+]
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the argument checks that several modules share, one message per mistake
+from transformer_lib._validate import check_layer_norm_eps, check_positive_ints, check_probability
 from transformer_lib.multihead import MultiHeadAttention
 
+if TYPE_CHECKING:
+    from transformer_lib.decoding import AttentionCache  # chapter 6 builds the cache
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
-
-
-def _check_positive_ints(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-
-
-def _check_layer_norm_eps(value: float) -> None:
-    # eps keeps the division by the standard deviation finite: 0 or less gives inf or NaN
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"layer_norm_eps must be a positive finite number, got {value!r}")
 
 
 def _check_activation(activation: str) -> None:
@@ -56,8 +48,8 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu",
                  bias: bool = True) -> None:
         super().__init__()
-        _check_positive_ints(d_model=d_model, d_ff=d_ff)
-        _check_probability("dropout", dropout)
+        check_positive_ints(d_model=d_model, d_ff=d_ff)
+        check_probability("dropout", dropout)
         _check_activation(activation)
         self.activation = activation
         self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
@@ -99,6 +91,45 @@ def sublayer_connection(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: n
     return norm(x + dropout(sublayer(x)))
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that are set (not ``None`` or ``False``): the only ones passed on."""
+    return {name: value for name, value in options.items()
+            if value is not None and value is not False}
+
+
+def attention_sublayer(attention: nn.Module, mask: Tensor | None = None,
+                       memory: Tensor | None = None, *, weights: list[Tensor] | None = None,
+                       **options: Any) -> Callable[[Tensor], Tensor]:
+    """An attention as the sub-layer that :func:`sublayer_connection` wraps: the function
+    ``y -> attention(y, m, m, mask=mask)``, with ``m = y`` (self-attention) or ``m = memory``
+    (cross-attention).
+
+    Args:
+        attention: a :class:`MultiHeadAttention`, or any module called the same way.
+        mask: bool, broadcastable to ``(B, H, T, S)``, ``True`` = may attend.
+        memory: ``(B, S, D)``, the keys and values of a cross-attention; ``None`` for
+            self-attention.
+        weights: a list that collects the attention weights: when given, the attention is
+            called with ``need_weights=True`` and its weights ``(B, H, T, S)`` are appended.
+        **options: more arguments of the attention (``is_causal``, ``cache``), passed on only
+            when set, so that an attention module without them still plugs in.
+
+    Returns:
+        A function ``(B, T, D) -> (B, T, D)``.
+    """
+    options = _given(**options)
+
+    def sublayer(y: Tensor) -> Tensor:  # y (B, T, D): the sub-layer's input, normalized or not
+        keys_values = y if memory is None else memory
+        if weights is None:
+            return attention(y, keys_values, keys_values, mask=mask, **options)
+        out, w = attention(y, keys_values, keys_values, mask=mask, need_weights=True, **options)
+        weights.append(w)  # (B, H, T, S)
+        return out
+
+    return sublayer
+
+
 class EncoderLayer(nn.Module):
     r"""One encoder layer: self-attention and a feed-forward network, each wrapped in a
     residual connection and a layer normalization (post-LN by default, as in the paper).
@@ -123,9 +154,9 @@ class EncoderLayer(nn.Module):
                  activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
                  bias: bool = True) -> None:
         super().__init__()
-        _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
-        _check_probability("dropout", dropout)
-        _check_layer_norm_eps(layer_norm_eps)
+        check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        check_probability("dropout", dropout)
+        check_layer_norm_eps(layer_norm_eps)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
         self.ffn = FeedForward(d_model, d_ff, dropout=dropout, activation=activation, bias=bias)
@@ -133,7 +164,9 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, *,
+                cache: AttentionCache | None = None,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Args:
             x: ``(B, S, D)``.
             mask: bool, broadcastable to ``(B, H, S, S)``, ``True`` = may attend; usually
@@ -141,24 +174,31 @@ class EncoderLayer(nn.Module):
             is_causal: attend to earlier positions only, as ``mask=causal_mask(S)`` would, on
                 the fused kernel's causal path (see :class:`MultiHeadAttention`); not
                 together with ``mask``.
+            cache: the self-attention's cache, for running a few new positions at a time
+                (chapter 8's KV cache): ``x`` holds only the new positions, which also attend to
+                the cached ones (see :class:`MultiHeadAttention`).
+            need_weights: also return the self-attention weights.
 
         Returns:
-            ``(B, S, D)``.
+            ``(B, S, D)``; with ``need_weights=True``, the pair ``(output, weights)``, weights
+            ``(B, H, S, S)`` (the keys counting the cached positions, if any).
         """
         d_model = self.norm1.normalized_shape[0]
         if x.dim() != 3 or x.size(-1) != d_model:
             raise ValueError(f"x must have shape (B, S, D) with D=d_model={d_model}, "
                              f"got {tuple(x.shape)}")
-        flag = {"is_causal": True} if is_causal else {}  # a self_attn without the flag still works
-        x = sublayer_connection(x, lambda y: self.self_attn(y, y, y, mask=mask, **flag),
-                                self.norm1, self.dropout, self.norm_first)
-        return sublayer_connection(x, self.ffn, self.norm2, self.dropout, self.norm_first)
+        weights: list[Tensor] | None = [] if need_weights else None
+        attend = attention_sublayer(self.self_attn, mask, weights=weights, is_causal=is_causal,
+                                    cache=cache)
+        x = sublayer_connection(x, attend, self.norm1, self.dropout, self.norm_first)
+        x = sublayer_connection(x, self.ffn, self.norm2, self.dropout, self.norm_first)
+        return (x, weights[0]) if weights is not None else x
 
 
-class _LayerStack(nn.Module):
-    """``num_layers`` layers of the class's ``layer_type``, each with its own weights, and an
-    optional final layer normalization: the part that :class:`Encoder` and chapter 5's decoder
-    share (they differ in their layer type and in ``forward``)."""
+class LayerStack(nn.Module):
+    """``num_layers`` layers of the class's ``layer_type``, each with its own weights, run in
+    turn, and an optional final layer normalization: what :class:`Encoder` and chapter 5's
+    decoder share (they differ in their layer type and in the arguments of ``forward``)."""
 
     layer_type: type[nn.Module]
 
@@ -167,7 +207,7 @@ class _LayerStack(nn.Module):
                  layer_norm_eps: float = 1e-5, bias: bool = True,
                  final_norm: bool | None = None) -> None:
         super().__init__()
-        _check_positive_ints(num_layers=num_layers)
+        check_positive_ints(num_layers=num_layers)
         self.layers = nn.ModuleList(
             self.layer_type(d_model, num_heads, d_ff, dropout, activation, norm_first,
                             layer_norm_eps, bias)
@@ -177,8 +217,36 @@ class _LayerStack(nn.Module):
             final_norm = norm_first
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
 
+    def forward(self, x: Tensor, *args: Any, cache: Sequence[Any] | None = None,
+                need_weights: bool = False, **options: Any) -> Tensor | tuple[Tensor, list[Any]]:
+        """``x = layer(x, *args, **options)`` for every layer, first to last, then the final norm.
 
-class Encoder(_LayerStack):
+        Args:
+            x: the first layer's input, ``(B, T, D)``.
+            *args, **options: the layers' other arguments, the same for every layer; options
+                are passed on only when set (not ``None`` or ``False``).
+            cache: one cache per layer; layer ``i`` gets ``cache=cache[i]``.
+            need_weights: also return each layer's attention weights, first layer first.
+
+        Returns:
+            ``(B, T, D)``; with ``need_weights=True``, the pair ``(output, weights)``.
+        """
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(f"cache must hold one cache per layer, {len(self.layers)}, "
+                             f"got {len(cache)}")
+        weights = []
+        for i, layer in enumerate(self.layers):
+            out = layer(x, *args, **_given(cache=None if cache is None else cache[i],
+                                           need_weights=need_weights, **options))
+            if need_weights:
+                out, layer_weights = out
+                weights.append(layer_weights)
+            x = out
+        x = x if self.norm is None else self.norm(x)
+        return (x, weights) if need_weights else x
+
+
+class Encoder(LayerStack):
     """A stack of ``num_layers`` encoder layers and an optional final layer normalization.
 
     Args:
@@ -190,13 +258,15 @@ class Encoder(_LayerStack):
 
     Shape:
         ``forward(x (B, S, D), mask=None, is_causal=False) -> (B, S, D)``; ``mask`` and
-        ``is_causal`` as for :class:`EncoderLayer`.
+        ``is_causal`` as for :class:`EncoderLayer`. With ``need_weights=True`` it also returns
+        each layer's weights ``(B, H, S, S)``, first layer first; ``cache`` holds one cache per
+        layer (see :meth:`LayerStack.forward`).
     """
 
     layer_type = EncoderLayer
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        flag = {"is_causal": True} if is_causal else {}  # layers without the flag still work
-        for layer in self.layers:
-            x = layer(x, mask, **flag)
-        return x if self.norm is None else self.norm(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, *,
+                cache: Sequence[AttentionCache] | None = None,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        return super().forward(x, mask, is_causal=is_causal, cache=cache,
+                               need_weights=need_weights)

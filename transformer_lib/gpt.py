@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     'python_source_files', 'CharTokenizer', 'GPTConfig', 'GPT', 'lm_loss', 'next_token_probs',
-    'sample_next_token', 'KVCache', 'forward_with_cache', 'generate',
+    'sample_next_token', 'PreallocatedCache', 'KVCache', 'forward_with_cache', 'generate',
 ]
 
 import math
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# chapter 6's helpers for attending over cached keys and values
-from transformer_lib.decoding import _attend, _split_heads
+# chapter 6's cache of one attention's keys and values
+from transformer_lib.decoding import AttentionCache
 from transformer_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
-from transformer_lib.encoder import Encoder, EncoderLayer, sublayer_connection
+from transformer_lib.encoder import Encoder
 
 
 def python_source_files(max_chars: int = 1_000_000, max_file_bytes: int = 32_000, seed: int = 0,
@@ -212,18 +212,26 @@ class GPT(nn.Module):
             for linear in (layer.self_attn.out_proj, layer.ffn.linear2):
                 nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.num_layers))
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, *, cache: KVCache | None = None) -> Tensor:
         """Next-token logits at every position.
 
         Args:
             idx: ``(B, T)`` token ids, ``1 <= T <= context_length``.
+            cache: a :class:`KVCache` that holds the keys and values of the ``t`` tokens before
+                ``idx`` (see :func:`forward_with_cache`): ``idx`` is then positions ``t`` to
+                ``t + T - 1``, ``t + T <= context_length``, and its keys and values are added.
 
         Returns:
             ``(B, T, V)``: ``logits[:, t]`` scores the token after ``idx[:, :t + 1]``.
         """
-        self._check_idx(idx, self.config.context_length, " = context_length")
-        x = self.positions(self.embed(idx))  # (B, T) -> (B, T, D)
-        h = self.blocks(x, is_causal=True)  # (B, T, D), the final LayerNorm included
+        C, t = self.config.context_length, 0 if cache is None else cache.length
+        self._check_idx(idx, C - t, " = context_length" if cache is None else
+                        f" = context_length {C} - {t} cached")
+        if cache is not None and idx.size(0) != cache.batch_size:
+            raise ValueError(f"idx has batch size {idx.size(0)} but the cache was made for "
+                             f"batch_size={cache.batch_size}")
+        x = self.positions(self.embed(idx), offset=t)  # (B, T) -> (B, T, D), positions t, t + 1, ...
+        h = self.blocks(x, is_causal=True, cache=None if cache is None else cache.layers)  # (B, T, D)
         return self.out_proj(h)  # (B, T, D) -> (B, T, V)
 
     @torch.no_grad()
@@ -376,12 +384,49 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B, V) -> (B,)
 
 
+class PreallocatedCache(AttentionCache):
+    """An :class:`~transformer_lib.decoding.AttentionCache` whose keys and values live in buffers
+    allocated once, ``(B, H, capacity, Dh)`` each: :meth:`update` writes the new positions into
+    the next free slots, in place, where chapter 6's cache concatenates (a copy of all it holds,
+    at every step).
+
+    Args:
+        key_buffer, value_buffer: ``(B, H, capacity, Dh)``, filled from position 0 on.
+
+    Attributes:
+        keys, values: the filled part of the buffers, ``(B, H, length, Dh)``: views, not copies.
+    """
+
+    def __init__(self, key_buffer: Tensor, value_buffer: Tensor) -> None:
+        super().__init__()
+        self.key_buffer, self.value_buffer = key_buffer, value_buffer
+        self.keys, self.values = key_buffer[:, :, :0], value_buffer[:, :, :0]  # nothing filled yet
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.length, self.length + keys.size(2)
+        if end > self.key_buffer.size(2):
+            raise ValueError(f"the cache has room for {self.key_buffer.size(2)} positions: "
+                             f"{start} are filled, {keys.size(2)} more do not fit")
+        self.key_buffer[:, :, start:end] = keys  # (B, H, L, Dh) into the free slots
+        self.value_buffer[:, :, start:end] = values
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def reorder(self, index: Tensor) -> None:
+        filled = self.length
+        self.key_buffer = self.key_buffer.index_select(0, index)
+        self.value_buffer = self.value_buffer.index_select(0, index)
+        self.keys, self.values = self.key_buffer[:, :, :filled], self.value_buffer[:, :, :filled]
+
+
 class KVCache:
     """The keys and values of every block of a :class:`GPT`, for the tokens seen so far.
 
     Chapter 6's cache grew by concatenation; this one is allocated once for the whole context
     window, ``(B, H, context_length, Dh)`` per block for keys and as much for values, and
-    filled from position 0 on. ``length`` counts the positions filled.
+    filled from position 0 on: ``layers`` holds one :class:`PreallocatedCache` per block, which
+    ``model(idx, cache=cache)`` passes down to the block's attention. ``length`` counts the
+    positions filled.
 
     Args:
         model: the :class:`GPT` whose keys and values it holds (device and dtype follow it).
@@ -394,34 +439,34 @@ class KVCache:
         c = model.config
         weight = model.embed.weight
         shape = (batch_size, c.num_heads, c.context_length, c.d_model // c.num_heads)
-        self.keys = [weight.new_zeros(shape) for _ in range(c.num_layers)]  # (B, H, C, Dh) each
-        self.values = [weight.new_zeros(shape) for _ in range(c.num_layers)]
+        self.layers = [PreallocatedCache(weight.new_zeros(shape), weight.new_zeros(shape))
+                       for _ in range(c.num_layers)]  # (B, H, C, Dh) for keys and values each
         self.batch_size = batch_size
-        self.length = 0
+
+    @property
+    def keys(self) -> list[Tensor]:
+        """Every block's key buffer, ``(B, H, context_length, Dh)``."""
+        return [layer.key_buffer for layer in self.layers]
+
+    @property
+    def values(self) -> list[Tensor]:
+        """Every block's value buffer, ``(B, H, context_length, Dh)``."""
+        return [layer.value_buffer for layer in self.layers]
+
+    @property
+    def length(self) -> int:
+        """How many positions are filled, the same in every block."""
+        return self.layers[0].length
 
     def __repr__(self) -> str:
         B, H, C, Dh = self.keys[0].shape
-        return (f"KVCache(layers={len(self.keys)}, batch_size={B}, heads={H}, "
+        return (f"KVCache(layers={len(self.layers)}, batch_size={B}, heads={H}, "
                 f"length={self.length}/{C}, head_dim={Dh})")
 
 
-def _cached_block(layer: EncoderLayer, x: Tensor, keys: Tensor, values: Tensor, start: int,
-                  mask: Tensor | None) -> Tensor:
-    """One pre-LN block on new positions ``start .. start + L - 1``, ``x (B, L, D)``."""
-    attention = layer.self_attn
-    end = start + x.size(1)
-
-    def self_attention(y: Tensor) -> Tensor:  # y (B, L, D): the new positions, normalized
-        keys[:, :, start:end] = _split_heads(attention, y, attention.k_proj)  # (B, H, L, Dh)
-        values[:, :, start:end] = _split_heads(attention, y, attention.v_proj)
-        return _attend(attention, y, keys[:, :, :end], values[:, :, :end], mask)  # (B, L, D)
-
-    x = sublayer_connection(x, self_attention, layer.norm1, layer.dropout, layer.norm_first)
-    return sublayer_connection(x, layer.ffn, layer.norm2, layer.dropout, layer.norm_first)
-
-
 def forward_with_cache(model: GPT, idx: Tensor, cache: KVCache) -> Tensor:
-    """Logits of new tokens that follow the ``cache.length`` tokens already in ``cache``.
+    """Logits of new tokens that follow the ``cache.length`` tokens already in ``cache``:
+    ``model(idx, cache=cache)``.
 
     Runs the blocks on the new positions only: their queries attend to the cached keys and
     values and, causally, to each other; their own keys and values are written into the
@@ -436,20 +481,7 @@ def forward_with_cache(model: GPT, idx: Tensor, cache: KVCache) -> Tensor:
     Returns:
         ``(B, L, V)`` logits of the new positions.
     """
-    t, C = cache.length, model.config.context_length
-    model._check_idx(idx, C - t, f" = context_length {C} - {t} cached")
-    if idx.size(0) != cache.batch_size:
-        raise ValueError(f"idx has batch size {idx.size(0)} but the cache was made for "
-                         f"batch_size={cache.batch_size}")
-    L = idx.size(1)
-    # new query i (position t + i) may attend to keys 0 .. t + i; a single one sees them all
-    mask = None if L == 1 else torch.ones(L, t + L, dtype=torch.bool,
-                                          device=idx.device).tril(diagonal=t)  # (L, t + L)
-    x = model.positions(model.embed(idx), offset=t)  # (B, L) -> (B, L, D)
-    for layer, keys, values in zip(model.blocks.layers, cache.keys, cache.values):
-        x = _cached_block(layer, x, keys, values, t, mask)
-    cache.length = t + L
-    return model.out_proj(model.blocks.norm(x))  # (B, L, D) -> (B, L, V)
+    return model(idx, cache=cache)
 
 
 @torch.no_grad()

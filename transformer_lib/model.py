@@ -6,9 +6,11 @@ from __future__ import annotations
 __all__ = ['TransformerConfig', 'Transformer', 'EncoderDecoder']
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from transformer_lib._validate import check_layer_norm_eps
 from transformer_lib.attention import causal_mask
 from transformer_lib.decoder import Decoder
 from transformer_lib.embeddings import (
@@ -16,7 +18,10 @@ from transformer_lib.embeddings import (
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
-from transformer_lib.encoder import ACTIVATIONS, Encoder, _check_layer_norm_eps
+from transformer_lib.encoder import ACTIVATIONS, Encoder
+
+if TYPE_CHECKING:
+    from transformer_lib.decoding import LayerCache  # the decoding cache, later in this chapter
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class TransformerConfig:
             raise ValueError(f"d_model must be even for sinusoidal positions, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        _check_layer_norm_eps(self.layer_norm_eps)  # chapter 4's check, the same message
+        check_layer_norm_eps(self.layer_norm_eps)  # the layers' check, the same message
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {self.activation!r}")
@@ -156,7 +161,9 @@ class Transformer(nn.Module):
         return self.encoder(x, src_mask)
 
     def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None = None,
-               tgt_mask: Tensor | None = None) -> Tensor:
+               tgt_mask: Tensor | None = None, *, cache: list[LayerCache] | None = None,
+               need_weights: bool = False
+               ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Next-token logits for every target position.
 
         Args:
@@ -167,15 +174,30 @@ class Transformer(nn.Module):
             tgt_mask: bool, broadcastable to ``(B, H, T, T)``. ``None`` means
                 ``causal_mask(T)``; a mask you pass replaces it, so combine the two yourself:
                 ``causal_mask(T) & padding_mask(tgt, pad_id)``.
+            cache: one :class:`~transformer_lib.decoding.LayerCache` per decoder layer, holding
+                the keys and values of the ``t`` target positions decoded before ``tgt`` (see
+                :class:`~transformer_lib.decoding.IncrementalDecoder`): ``tgt`` holds only the
+                new tokens, at positions ``t`` to ``t + T - 1``, and ``tgt_mask`` covers the
+                cached positions too, ``(B, H, T, t + T)``; ``None`` means the last ``T`` rows
+                of ``causal_mask(t + T)`` (no mask for a single new token, which sees them all).
+            need_weights: also return each decoder layer's ``(self_weights, cross_weights)``,
+                first layer first (see :class:`Decoder`).
 
         Returns:
-            logits ``(B, T, V_tgt)``: position ``t`` scores the token that follows ``tgt[:, t]``.
+            logits ``(B, T, V_tgt)``: position ``t`` scores the token that follows ``tgt[:, t]``;
+            with ``need_weights=True``, the pair ``(logits, weights)``.
         """
         self._check_tokens("tgt", tgt, self.config.tgt_vocab_size)
-        if tgt_mask is None:
-            tgt_mask = causal_mask(tgt.size(1), device=tgt.device)
-        y = self.tgt_positions(self.tgt_embed(tgt))  # (B, T) -> (B, T, D)
-        h = self.decoder(y, memory, self_mask=tgt_mask, memory_mask=src_mask)  # (B, T, D)
+        start = 0 if cache is None else cache[0].self_attn.length  # positions decoded before tgt
+        if tgt_mask is None and (cache is None or tgt.size(1) > 1):  # (one new token sees all)
+            # position start + i sees the positions up to itself
+            tgt_mask = causal_mask(start + tgt.size(1), device=tgt.device)[start:]  # (T, start + T)
+        y = self.tgt_positions(self.tgt_embed(tgt), offset=start)  # (B, T) -> (B, T, D)
+        h = self.decoder(y, memory, self_mask=tgt_mask, memory_mask=src_mask, cache=cache,
+                         need_weights=need_weights)  # (B, T, D), or (B, T, D) and the weights
+        if need_weights:
+            h, weights = h
+            return self.out_proj(h), weights
         return self.out_proj(h)  # (B, T, D) -> (B, T, V)
 
     def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None,

@@ -3,18 +3,47 @@
 
 from __future__ import annotations
 
-__all__ = ['MultiHeadAttention']
+__all__ = ['split_heads', 'merge_heads', 'MultiHeadAttention']
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Chapter 1's function is the readable path; its argument checks give both paths the same errors.
-from transformer_lib.attention import (
-    _check_attention_args,
-    causal_mask,
-    scaled_dot_product_attention,
-)
+# the argument checks that several modules share, one message per mistake
+from transformer_lib._validate import check_mask, check_positive_ints, check_probability
+
+# Chapter 1's function is the readable path.
+from transformer_lib.attention import causal_mask, scaled_dot_product_attention
+
+if TYPE_CHECKING:
+    from transformer_lib.decoding import AttentionCache  # chapter 6 builds the cache
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """Cut each position's features into ``num_heads`` heads: ``(B, T, D) -> (B, H, T, Dh)``.
+
+    Head ``h`` gets the features ``h * Dh`` to ``(h + 1) * Dh - 1`` of every position, with
+    ``Dh = D // H``: the block of columns that its slice of a stacked projection such as
+    ``q_proj`` computes. Keys and values have ``S`` positions instead of ``T``.
+    """
+    check_positive_ints(num_heads=num_heads)
+    if x.dim() != 3 or x.size(-1) % num_heads:
+        raise ValueError(f"x must have shape (B, T, D) with D divisible by num_heads={num_heads}, "
+                         f"got shape {tuple(x.shape)}")
+    B, T, D = x.shape
+    return x.view(B, T, num_heads, D // num_heads).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """Concatenate the heads at each position, the inverse of :func:`split_heads`:
+    ``(B, H, T, Dh) -> (B, T, H * Dh)``; head ``h`` fills the features ``h * Dh`` to
+    ``(h + 1) * Dh - 1``."""
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, H, T, Dh), got shape {tuple(x.shape)}")
+    B, H, T, Dh = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, H, T, Dh) -> (B, T, H, Dh) -> (B, T, D)
 
 
 def _fused_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
@@ -59,15 +88,12 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0,
                  bias: bool = True) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(d_model=d_model, num_heads=num_heads)
         if d_model % num_heads != 0:
             raise ValueError(f"d_model must be divisible by num_heads: d_model={d_model} and "
                              f"num_heads={num_heads} leave a remainder of {d_model % num_heads}; "
                              f"each head gets d_model // num_heads features")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+        check_probability("dropout", dropout)
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads  # Dh
@@ -85,6 +111,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         need_weights: bool = False,
         is_causal: bool = False,
+        cache: AttentionCache | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from every query position to the key-value positions, in every head.
 
@@ -105,37 +132,51 @@ class MultiHeadAttention(nn.Module):
                 masked blocks without reading a mask. Needs ``T == S`` and ``mask=None`` (to
                 combine it with padding, pass ``causal_mask(T) & padding_mask(...)`` as
                 ``mask``).
+            cache: the keys and values of earlier calls, for decoding a few positions at a
+                time (chapter 6's :class:`~transformer_lib.decoding.AttentionCache`). The new
+                positions' keys and values are added to it and the queries attend to all of
+                them: ``S`` then counts the cached positions too, for ``mask`` and the weights,
+                and with ``is_causal`` the ``T`` queries are the last ``T`` of the ``S``
+                positions. A cross-attention cache (``cache.cross``) projects ``key`` and
+                ``value`` at its first call and reuses them at every later one.
 
         Returns:
             The output ``(B, T, D)``; with ``need_weights=True``, the pair
             ``(output, weights)`` with weights ``(B, H, T, S)`` (after dropout, if any).
         """
         self._check_inputs(query, key, value)
-        B, T, D = query.shape
-        S = key.size(1)
-        H, Dh = self.num_heads, self.head_dim
+        B, T, _ = query.shape
         if is_causal:
             if mask is not None:
                 raise ValueError("pass mask or is_causal=True, not both: is_causal=True means "
                                  "mask=causal_mask(T); to add padding, pass "
                                  "mask=causal_mask(T) & padding_mask(tokens, pad_id)")
-            if T != S:
+            if key.size(1) != T:
                 raise ValueError(f"is_causal=True needs as many keys as queries (self-attention, "
-                                 f"T == S), got T={T} queries and S={S} keys")
-        q = self.q_proj(query).view(B, T, H, Dh).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
-        k = self.k_proj(key).view(B, S, H, Dh).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
-        v = self.v_proj(value).view(B, S, H, Dh).transpose(1, 2)  # (B, S, D) -> (B, H, S, Dh)
+                                 f"T == S), got T={T} queries and S={key.size(1)} keys")
+        q = split_heads(self.q_proj(query), self.num_heads)  # (B, T, D) -> (B, H, T, Dh)
+        if cache is not None and cache.cross and cache.length > 0:
+            k, v = cache.keys, cache.values  # (B, H, S, Dh): the memory's, projected at the first call
+        else:
+            k = split_heads(self.k_proj(key), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
+            v = split_heads(self.v_proj(value), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, H, cached + S, Dh): the earlier positions, then these
+        S = k.size(2)
+        if is_causal and (need_weights or S != T):
+            # the readable path needs the mask itself; after cached keys, query i is position
+            # S - T + i and sees the keys up to it: the last T rows of the causal mask (a single
+            # query, the newest position, sees every key: no mask)
+            mask = causal_mask(S, device=query.device)[S - T:] if T > 1 else None  # (T, S)
+            is_causal = False
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
-            if is_causal:  # the readable path needs the mask itself
-                mask = causal_mask(T, device=query.device)  # (T, T)
             heads, weights = scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=dropout_p)
-        else:
-            if mask is not None:  # q, k and v come from our projections: only a mask can be wrong
-                _check_attention_args(q, k, v, mask, dropout_p)  # the readable path's messages
+        else:  # q, k and v come from our projections: only a mask can be wrong
+            check_mask("mask", mask, torch.Size((B, self.num_heads, T, S)),
+                       "the attention scores' shape (..., T, S)")  # the readable path's message
             heads = _fused_attention(q, k, v, mask, dropout_p, is_causal)  # (B, H, T, Dh)
-        concat = heads.transpose(1, 2).reshape(B, T, D)  # (B, H, T, Dh) -> (B, T, H * Dh) = (B, T, D)
-        out = self.out_proj(concat)  # (B, T, D)
+        out = self.out_proj(merge_heads(heads))  # (B, H, T, Dh) -> (B, T, D) -> (B, T, D)
         return (out, weights) if need_weights else out
 
     def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:

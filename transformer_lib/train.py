@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 
 from transformer_lib.gpt import GPT, CharTokenizer, GPTConfig, lm_loss, python_source_files
 from transformer_lib.training import (
-    _progress_file,
     latest_checkpoint,
     load_checkpoint,
+    progress_file,
     read_checkpoint_state,
     save_checkpoint,
     warmup_cosine_schedule,
@@ -676,7 +676,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         _write_text_whole(metrics_path, "".join(line + "\n" for line in history))
         metrics = metrics_path.open("a")
     bar = tqdm(total=config.max_steps, initial=start_step, desc="training", unit="step",
-               disable=not (progress and env.main), file=_progress_file(), dynamic_ncols=True)
+               disable=not (progress and env.main), file=progress_file(), dynamic_ncols=True)
     rates: list[float] = []
     result: dict[str, Any] = {"final_loss": math.nan, "val_loss": None}
     began = time.perf_counter()

@@ -6,8 +6,8 @@ from __future__ import annotations
 __all__ = [
     'label_smoothed_cross_entropy', 'seq2seq_loss', 'transformer_schedule',
     'warmup_cosine_schedule', 'clip_grad_norm', 'CheckpointError', 'save_checkpoint',
-    'latest_checkpoint', 'read_checkpoint_state', 'load_checkpoint', 'Trainer', 'translate',
-    'exact_match', 'bleu',
+    'latest_checkpoint', 'read_checkpoint_state', 'load_checkpoint', 'progress_file', 'Trainer',
+    'translate', 'exact_match', 'bleu',
 ]
 
 import copy
@@ -430,8 +430,9 @@ class _NotebookLine:
         pass
 
 
-def _progress_file() -> Any:
-    """Where the progress bar goes: stderr, or a :class:`_NotebookLine` in a Jupyter kernel."""
+def progress_file() -> Any:
+    """Where a progress bar draws: stderr, or in a Jupyter kernel one output line that each
+    update replaces (the ``file`` of a ``tqdm`` bar; ``transformer_lib.train`` uses it too)."""
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     return _NotebookLine() if hasattr(shell, "kernel") else sys.stderr
 
@@ -557,7 +558,7 @@ class Trainer:
             limits.append(epochs * len(self.train_loader))
         bar = tqdm(total=min(limits) if limits else None, initial=self.step, unit="step",
                    disable=not self.progress, mininterval=1.0,
-                   file=_progress_file() if self.progress else sys.stderr)
+                   file=progress_file() if self.progress else sys.stderr)
         while (not self.stopped_early and (epochs is None or self.epoch < epochs)
                and (max_steps is None or self.step < max_steps)):
             for holder in (self.train_loader, getattr(self.train_loader, "sampler", None),

@@ -1,0 +1,56 @@
+"""Argument checks that several modules share. Hand-written (not generated from a chapter).
+
+Its source is this file. The chapters' modules import these checks from here, so that one mistake
+gets one message wherever it is made: ``multihead.py`` (chapter 2), ``encoder.py`` (chapter 4),
+``decoder.py`` (chapter 5) and ``model.py`` (chapter 6). Each check raises a ``ValueError`` (a
+``TypeError`` for a wrong type) that names the argument and says what it should be.
+
+The names are public; the module's leading underscore says that it is the package's plumbing,
+not its interface: ``transformer_lib`` does not re-export it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_layer_norm_eps", "check_mask", "check_positive_ints", "check_probability"]
+
+
+def check_positive_ints(**values: int) -> None:
+    """Each keyword's value is a positive ``int`` (not a ``bool``)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_probability(name: str, value: float) -> None:
+    """``value`` is a probability, in ``[0, 1]``."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def check_layer_norm_eps(value: float) -> None:
+    """A LayerNorm's ``eps`` is a positive finite number."""
+    # eps keeps the division by the standard deviation finite: 0 or less gives inf or NaN
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"layer_norm_eps must be a positive finite number, got {value!r}")
+
+
+def check_mask(name: str, mask: Tensor | None, shape: torch.Size, letters: str) -> None:
+    """A mask is ``None`` or a bool tensor that broadcasts to ``shape``, spelled ``letters``
+    in the message (e.g. ``"(B, H, T, S)"``)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
+                         f"convert a 0/1 mask with mask.bool()")
+    try:
+        fits = torch.broadcast_shapes(mask.shape, shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {letters} = "
+                         f"{tuple(shape)}")
