@@ -127,7 +127,7 @@ def test_learner_exception_is_reported_as_such():
     message = str(info.value)
     assert "your code raised ValueError: too many values to unpack" in message
     assert "batch, length, width = query.shape" in message  # the learner's own line
-    assert "case 3 of 7" in message
+    assert "case 4 of 7" in message
 
 
 def test_stub_gives_the_friendly_not_implemented_message():

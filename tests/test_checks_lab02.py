@@ -75,6 +75,8 @@ class LearnerMHA(nn.Module):
 
     def __init__(self, d_model, num_heads, dropout=0.0, bias=True):
         super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide d_model={d_model}")
         self.num_heads, self.head_dim, self.dropout = num_heads, d_model // num_heads, dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
@@ -187,7 +189,7 @@ WRONG_MHA = {
     "PyTorch's mask convention": (TorchMaskConvention, "mask is inverted"),
     "weights averaged over heads": (AveragedWeights, "not their average"),
     "dropout in eval mode": (DropoutInEval, "dropout must act only in training mode"),
-    "fused parameter": (FusedParameter, "missing: q_proj.weight (16, 16)"),
+    "fused parameter": (FusedParameter, "missing: q_proj.weight (24, 24)"),
     "bias=False ignored": (BiasAlways, "not in the contract: q_proj.bias (12,)"),
 }
 
@@ -227,7 +229,8 @@ class LoopOverHeads(LearnerMHA):
             head_mask = None
             if mask is not None:
                 head_mask = mask if mask.dim() < 4 else mask[:, h if mask.size(1) > 1 else 0]
-            o, w = scaled_dot_product_attention(q[..., cols], k[..., cols], v[..., cols], head_mask)
+            p = self.dropout if self.training else 0.0
+            o, w = scaled_dot_product_attention(q[..., cols], k[..., cols], v[..., cols], head_mask, p)
             outs.append(o)
             weights.append(w)
         out = self.out_proj(torch.cat(outs, dim=-1))
@@ -247,6 +250,7 @@ class EinsumLayout(LearnerMHA):
         if mask is not None:
             scores = scores.masked_fill(~mask, -math.inf)
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        weights = F.dropout(weights, p=self.dropout, training=self.training)
         out = self.out_proj(torch.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, D))
         return (out, weights) if need_weights else out
 
@@ -255,7 +259,7 @@ class EinsumLayout(LearnerMHA):
                                  EinsumLayout])
 def test_check_multi_head_attention_accepts(cls, capsys):
     checks.check_multi_head_attention(cls)
-    assert capsys.readouterr().out == "check_multi_head_attention: all 8 cases pass\n"
+    assert capsys.readouterr().out == "check_multi_head_attention: all 11 cases pass\n"
 
 
 def test_check_multi_head_attention_loads_every_parameter():

@@ -51,7 +51,7 @@ def test_check_feed_forward_diagnoses(cls, diagnosis):
 
 def test_check_feed_forward_accepts(capsys):
     checks.check_feed_forward(FeedForward)
-    assert capsys.readouterr().out == "check_feed_forward: all 3 cases pass\n"
+    assert capsys.readouterr().out == "check_feed_forward: all 6 cases pass\n"
 
 
 WRONG_SUBLAYER = {
@@ -190,7 +190,7 @@ def test_check_encoder_layer_diagnoses(name):
 @pytest.mark.parametrize("cls", [EncoderLayer, LearnerEncoderLayer])
 def test_check_encoder_layer_accepts(cls, capsys):
     checks.check_encoder_layer(cls)
-    assert capsys.readouterr().out == "check_encoder_layer: all 7 cases pass\n"
+    assert capsys.readouterr().out == "check_encoder_layer: all 11 cases pass\n"
 
 
 # --- decoder layer --------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_check_decoder_layer_diagnoses(name):
 @pytest.mark.parametrize("cls", [DecoderLayer, LearnerDecoderLayer])
 def test_check_decoder_layer_accepts(cls, capsys):
     checks.check_decoder_layer(cls)
-    assert capsys.readouterr().out == "check_decoder_layer: all 7 cases pass\n"
+    assert capsys.readouterr().out == "check_decoder_layer: all 11 cases pass\n"
 
 
 

@@ -312,7 +312,7 @@ def test_check_train_step_shows_the_update():
     with pytest.raises(AssertionError) as info:
         checks.check_train_step(train_step_with(divide=False))
     message = str(info.value)
-    assert "in update 1 of 2 of case 2 of 5 (two micro-batches: K=2 micro-batches" in message
+    assert "in update 1 of 2 of case 2 of 6 (two micro-batches: K=2 micro-batches" in message
     assert "the update (the change of all parameters, L2 norm): yours" in message
     assert "largest difference at " in message
 
@@ -320,7 +320,7 @@ def test_check_train_step_shows_the_update():
 def test_check_train_step_finds_gradients_leaking_into_the_next_update():
     with pytest.raises(AssertionError) as info:
         checks.check_train_step(train_step_with(zero="never"))
-    assert "in update 2 of 2 of case 1 of 5" in str(info.value)
+    assert "in update 2 of 2 of case 1 of 6" in str(info.value)
 
 
 def test_check_train_step_reports_the_learners_exception():
@@ -328,7 +328,7 @@ def test_check_train_step_reports_the_learners_exception():
         checks.check_train_step(train_step_that_crashes)
     message = str(info.value)
     assert "your code raised TypeError" in message and 'reduction="mean"' in message
-    assert "while running update 1 of 2 in case 1 of 5" in message
+    assert "while running update 1 of 2 in case 1 of 6" in message
 
 
 def test_check_train_step_stub():
@@ -384,7 +384,7 @@ def train_step_whole_batch(model, optimizer, micro_batches, dtype=None, max_norm
                                 train_step_whole_batch])
 def test_check_train_step_accepts(fn, capsys):
     checks.check_train_step(fn)
-    assert capsys.readouterr().out == "check_train_step: all 5 cases pass\n"
+    assert capsys.readouterr().out == "check_train_step: all 6 cases pass\n"
 
 
 # --- the learning-rate schedule ------------------------------------------------------------------

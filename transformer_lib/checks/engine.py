@@ -6,25 +6,31 @@ themselves live in one module per lab (``lab01_attention.py`` ... ``lab05_traini
 Every check runs the learner's code on random inputs (from its own seeded generator, so the
 notebook's random state is left alone) over the cases learners get wrong: keys and values of
 different sizes, padding and causal masks, queries that may attend to nothing, both norm
-placements, batches whose items need different answers. For a class, the check builds the
-library's module with the same arguments, sets **every** parameter to random values (LayerNorm
-gains and biases included), loads them into the learner's module by the contract's names, and
-compares the two in eval mode.
+placements, batches whose items need different answers, dropout in training mode. For a class,
+the check builds the library's module with the same arguments, sets **every** parameter to
+random values (LayerNorm gains and biases included), loads them into the learner's module by the
+contract's names, and compares the two.
 
 * On success a check prints one line: ``check_attention: all 7 cases pass``.
-* On failure it raises ``AssertionError`` naming the likely mistake. It finds it by computing
-  known-wrong variants of the reference (no scale, softmax over the queries, mask inverted,
-  heads split without a transpose, norm in the wrong place, ...) and asking which one the
-  learner's output matches on every case so far; failing that, it looks at properties of the
-  output (NaN, weights on masked keys, rows that do not sum to one). The message also shows the
-  case and a small diff. Decoders are run on hand-made table models, whose answers are known and
-  whose sources need different answers, and on small random Transformers; their diff shows the
-  learner's sequences next to the expected ones. The training checks (lab 05) train tiny GPTs,
-  with autograd on (plain SGD shows a gradient's scale, which AdamW would hide), and compare the
+* On failure it raises ``AssertionError`` naming the likely mistake. Each check describes the
+  mistakes it knows as :class:`Mistake` objects (what code with that mistake returns, and what
+  to tell the learner); at the first failing case the learner's code also runs on the remaining
+  cases, and :func:`diagnose` names a mistake only if it agrees with the learner's output on all
+  of them (for code with two mistakes, on the cases up to the failure). Failing that, the check
+  looks at properties of the output (NaN, weights on masked keys, rows that do not sum to one),
+  and only then says that no known mistake fits. The message also shows the case and a small
+  diff. Decoders are run on hand-made table models, whose answers are known and whose sources
+  need different answers, and on small random Transformers; their diff shows the learner's
+  sequences next to the expected ones. The training checks (lab 05) train tiny GPTs, with
+  autograd on (plain SGD shows a gradient's scale, which AdamW would hide), and compare the
   parameters after each update; a count of FLOPs or a learning rate is compared as a number.
 * An exception inside the learner's code is reported as such (``AssertionError: your code raised
   ...``, with the learner's lines); a ``NotImplementedError`` from a lab's stub becomes a
   friendly ``NotImplementedError`` saying which exercise is not done yet.
+* In IPython, a verdict shows its message first and only the learner's own line of the
+  traceback (:func:`show_in_notebook`).
+* Every check registers a :class:`Spec` (its cases, its reference, the package's function, its
+  mistakes), which ``tests/test_checks_specs.py`` uses to verify the check's design.
 """
 
 from __future__ import annotations
@@ -425,6 +431,8 @@ def run_cases(
     structure: Callable[[Any, Any, Case], str | None] | None = None,
     hints: Callable[[Any, Any, Case], str | None] | None = None,
     total: int | None = None,
+    agree: Callable[[Any, Any], bool] = same,
+    details: Callable[[Any, Any, Case], str] | None = None,
 ) -> int:
     """Run every case; raise an AssertionError with a diagnosis at the first failure.
 
@@ -432,6 +440,10 @@ def run_cases(
     rests on every case (see :func:`diagnose`): first on everything returned, then, if that
     names nothing, on the first returned value alone (a mistake in the output that leaves the
     weights right, or the other way round, is still named).
+
+    ``agree(got, want)`` decides whether an output is right (and whether it fits a known
+    mistake); ``details(got, want, case)`` shows the difference (by default, a diff of each of
+    ``parts``). Outputs that are not tuples of tensors (decoded sequences, say) bring their own.
     """
     seen: list[tuple[Case, Any]] = []
     for number, case in enumerate(cases, 1):
@@ -439,7 +451,8 @@ def run_cases(
         got = learner(case)
         want = reference(case)
         problem = structure(got, want, case) if structure else None
-        if problem is not None and isinstance(got, (tuple, list)) and close_shape(got, want):
+        if problem is not None and agree is same and isinstance(got, (tuple, list)) \
+                and close_shape(got, want):
             # the output is fine in form: a known mistake may explain both it and the problem
             def in_form(out: Any, other: Case) -> bool:
                 return isinstance(out, (tuple, list)) and close_shape(out, reference(other))
@@ -456,20 +469,20 @@ def run_cases(
                 problem = ("your output changes from one call to the next in eval mode: dropout "
                            "must act only in training mode (use an nn.Dropout submodule, or pass "
                            "training=self.training / dropout_p only when self.training)")
-        if problem is None and same(got, want):
+        if problem is None and agree(got, want):
             seen.append((case, got))
             continue
-        details = ""
+        shown = ""
         if problem is None:
             def well_formed(out: Any, other: Case) -> bool:
                 return structure is None or structure(out, reference(other), other) is None
 
             evidence = [*seen, (case, got), *_later(cases, number, learner, total, well_formed)]
             case.where = where
-            problem = diagnose_at(mistakes, evidence, len(seen), got, want)
+            problem = diagnose_at(mistakes, evidence, len(seen), got, want, agree)
             problem = problem or (hints(got, want, case) if hints else None) or GENERIC
-            details = "\n" + diff(got, want, parts)
-        raise AssertionError(f"{check}: {problem}\n  in {where}{details}")
+            shown = "\n" + (details(got, want, case) if details else diff(got, want, parts))
+        raise AssertionError(f"{check}: {problem}\n  in {where}{shown}")
     return len(cases)
 
 

@@ -1,11 +1,16 @@
 """Checks for lab 4 (decoding): ``check_greedy_decode``, ``check_sequence_log_prob``,
 ``check_top_candidates``, ``check_beam_search``.
 
-Hand-written (not generated from a chapter); the engine they share is ``engine.py``.
+Hand-written (not generated from a chapter); the engine they share is ``engine.py``. Each check
+describes its known mistakes as :class:`~transformer_lib.checks.engine.Mistake` s, computed by
+this module's plain reference math with one switch turned (``_GreedyBug``, ``_LogProbBug``,
+``_BeamBug``), and registers a :class:`~transformer_lib.checks.engine.Spec`. The decoders are
+run on hand-made table models, whose answers are known, and on small random Transformers.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -20,19 +25,20 @@ from transformer_lib.attention import causal_mask
 from transformer_lib.checks.engine import (
     Case,
     Mistake,
+    Spec,
     call_learner,
     close,
-    diagnose,
     isolated,
     passed,
     randn,
+    register,
     run_cases,
     structure_problem,
 )
 from transformer_lib.decoding import beam_search, greedy_decode, length_penalty, sequence_log_prob
 from transformer_lib.model import Transformer, TransformerConfig
 
-_TABLE_FLOOR = -20.0  # the logit of a token a table model never produces (probability ~1e-9)
+_TABLE_FLOOR = -20.0  # the log-probability of a token a table model never produces (~1e-9)
 
 
 def _jitter(*numbers: int) -> float:
@@ -52,8 +58,12 @@ class _TableModel(nn.Module):
     ~0.998; the rest goes to ``pad``). After an EOS the model predicts no token in particular (a
     model trained on sequences that stop at EOS has no reason to). Each probability is nudged by
     a fixed factor in [1, 1.002), so that no two candidates tie anywhere (ties would make the
-    right answer depend on how a sort breaks them); tokens a prefix does not list get logits near
-    ``_TABLE_FLOOR``, each a slightly different one.
+    right answer depend on how a sort breaks them); tokens a prefix does not list get
+    log-probabilities near ``_TABLE_FLOOR``, each a slightly different one.
+
+    Its logits are the log-probabilities plus a constant of the prefix (between 2 and 5), as a
+    trained model's are: the softmax removes the constant, so code that adds up raw logits,
+    instead of log-probabilities, gets different scores.
 
     ``encode`` returns a memory of shape ``(B, 1, 1)`` holding each row's source id, so a row
     that reads another source's memory predicts that source's tokens.
@@ -96,6 +106,7 @@ class _TableModel(nn.Module):
                 logits = self.floor.clone()
                 for v, p in probs.items():
                     logits[v] = math.log(p)
+                logits += 2.0 + 3.0 * _jitter(source, *prefix, -7)  # logits, not log-probabilities
             self.cache[key] = logits
         return self.cache[key]
 
@@ -130,6 +141,11 @@ def _table_model(names: str, **tables: dict[str, dict[str, float]]) -> _TableMod
     return _TableModel(names.split(), tables)
 
 
+def _sources(model: _TableModel, *names: str) -> Tensor:
+    """One source per name, ``(B, 2)``: the name's id (which table the model reads), then pad."""
+    return torch.tensor([[model.ids[n], 0] for n in names])
+
+
 def _random_transformer(seed: int, *, norm_first: bool, vocab: int = 9,
                         sharpen: float = 2.0, eos_bias: float = 1.5) -> nn.Module:
     """A small random :class:`Transformer` (its own initialization, from ``seed``) in eval
@@ -150,15 +166,68 @@ def _random_transformer(seed: int, *, norm_first: bool, vocab: int = 9,
     return model
 
 
-def _seqs(out: Any) -> list[Tensor]:
-    return [seq.long() for seq in out]
+# seeds of the random models, chosen so that their answers differ from source to source, some end
+# with EOS and some run to max_len, and beam search, the source mask and the length penalty each
+# change some answer
+_POST_LN_SEED, _PRE_LN_SEED = 33, 48
 
 
-def _same_seqs(got: Any, want: Sequence[Tensor]) -> bool:
-    if not isinstance(got, (list, tuple)) or len(got) != len(want):
+def _decoding_sources(g: torch.Generator, lengths: Sequence[int], S: int | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    """Random source ids 3..10 with padding (id 0) after each length; and the padding mask."""
+    S = S or max(lengths)
+    src = torch.randint(3, 11, (len(lengths), S), generator=g)
+    keep = torch.arange(S) < torch.tensor(lengths)[:, None]
+    src = src.masked_fill(~keep, 0)
+    return src, keep[:, None, None, :]
+
+
+def _one_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run on one thread, as the checks run (see ``engine.isolated``): the tensors are
+    tiny, and several threads on a busy machine make decoding many times slower. For the
+    tests, which call the references and mistakes outside a check."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def _memo(output: Callable[[Case], Any]) -> Callable[[Case], Any]:
+    """``output`` computed once per case (a diagnosis asks for a mistake's output again)."""
+    seen: dict[int, tuple[Case, Any]] = {}
+
+    @_one_thread
+    def cached(case: Case) -> Any:
+        if id(case) not in seen:
+            seen[id(case)] = (case, output(case))  # the case is kept, so its id stays its own
+        return seen[id(case)][1]
+
+    return cached
+
+
+def _mistake(message: str | Callable[[Case], str], output: Callable[[Case], Any]) -> Mistake:
+    return Mistake(message, _memo(output))
+
+
+# --- decoded sequences: their form, their comparison, their diff, their symptoms ---
+
+
+def _same_seqs(got: Any, want: Any) -> bool:
+    """Two lists of 1-d tensors of token ids hold the same sequences (``want`` may be None: a
+    mistake whose output could not be computed)."""
+    if not isinstance(got, (list, tuple)) or not isinstance(want, (list, tuple)) or len(got) != len(want):
         return False
-    return all(isinstance(a, Tensor) and a.shape == b.shape and bool((a.long() == b).all())
-               for a, b in zip(got, want))
+    return all(isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+               and bool((a.long() == b.long()).all()) for a, b in zip(got, want))
 
 
 def _decoded_form(got: Any, want: Sequence[Tensor]) -> str | None:
@@ -211,6 +280,8 @@ def _seq_log_prob(model: nn.Module, src: Tensor, tokens: Tensor, src_mask: Tenso
 
 def _sequence_diff(got: Sequence[Tensor], want: Sequence[Tensor], case: Case,
                    log_probs: bool = False, limit: int = 3) -> str:
+    """The sources whose sequences differ, yours above the expected ones (spelled out for a
+    table model; with their log-probabilities for beam search)."""
     i = case.inputs
     lines = []
     for b, (a, w) in enumerate(zip(got, want)):
@@ -239,7 +310,8 @@ def _first_wrong(got: Sequence[Tensor], want: Sequence[Tensor]) -> int:
 
 def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case,
                        beam: bool) -> str | None:
-    """What is visibly wrong with the sequences, whatever the code that made them."""
+    """What is visibly wrong with the sequences, whatever the code that made them: each message
+    states what the sequences show, and what the contract asks instead."""
     i = case.inputs
     bos, eos, max_len, model = i["bos_id"], i["eos_id"], i["max_len"], i["model"]
     seqs = [a.long().tolist() for a in got]
@@ -259,22 +331,26 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
     if any(len(s) > max_len + 1 for s in seqs):
         return (f"a sequence has more than max_len + 1 = {max_len + 1} ids: max_len counts the "
                 f"tokens generated after BOS")
-    ended = [(s, w) for s, w in zip(seqs, wants) if w[-1] == eos and len(w) > 1 and s != w]
-    if ended and all(s == w[:-1] for s, w in ended):
-        return ("your sequences leave out their final EOS: a finished sequence ends with "
-                "eos_id, included")
+    wrong = [(s, w) for s, w in zip(seqs, wants) if s != w]
+    if wrong and all(s == w[:-1] for s, w in wrong):
+        if all(len(w) == max_len + 1 for _, w in wrong):
+            return (f"your sequences stop one token early: each of them is the expected one "
+                    f"without its last token, generated at step max_len = {max_len}. max_len "
+                    f"counts the tokens generated after BOS: the loop runs for steps 1 to max_len")
+        if all(w[-1] == eos for _, w in wrong):
+            return ("your sequences leave out their final EOS: a finished sequence ends with "
+                    "eos_id, included")
     b = _first_wrong(got, want)
     s, w = seqs[b], wants[b]
     if isinstance(model, _TableModel):
         source = int(i["src"][b, 0])
         if not model.possible(source, s):
             if beam:
-                return (f"the sequence for source {b} is one the model cannot produce for it "
-                        f"(it has probability ~0): it mixes up rows. Either the top-k ran over "
-                        f"the whole batch instead of over each source's k * V candidates "
-                        f"(scores.view(B, k * V)), or the rows were not reordered after the "
-                        f"selection: the new beam's row j continues the prefix it was chosen "
-                        f"from (tokens[rows]), and each row reads its own source's memory")
+                return (f"the sequence for source {b} is one the model cannot produce for it (it "
+                        f"has probability ~0): rows of different sources are mixed up. Source b "
+                        f"owns rows b * k to b * k + k - 1: they read its memory, they are "
+                        f"extended only by its own k * V candidates, and a candidate (beam, token) "
+                        f"continues row b * k + beam")
             return (f"the sequence for source {b} is one the model cannot produce for it: each "
                     f"row of the batch must read its own source's memory, and each step "
                     f"appends the token predicted for that row")
@@ -290,64 +366,6 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
     return None
 
 
-def _run_decoding(check: str, cases: Sequence[Case], learner: Callable[[Case], Any],
-                  reference: Callable[[Case], Any], variants: Sequence[tuple[Any, Callable[[Case], Any]]],
-                  symptoms: Callable[[Sequence[Tensor], Sequence[Tensor], Case], str | None],
-                  log_probs: bool = False) -> int:
-    """Run every case; at the first wrong answer, raise an AssertionError with a diagnosis.
-
-    A known mistake is named if its output matches the learner's on every case: the ones before
-    the failure, the failing one, and the later ones (run now, to tell apart mistakes that give
-    the same wrong answer here); failing that, on the cases up to the failure.
-    """
-    seen: list[tuple[Case, Any]] = []
-    for number, case in enumerate(cases, 1):
-        case.where = f"case {number} of {len(cases)} ({case.describe()})"
-        got = learner(case)
-        want = reference(case)
-        problem = _decoded_form(got, want)
-        if problem is None and _same_seqs(got, want):
-            seen.append((case, got))
-            continue
-        details = ""
-        if problem is None:
-            seen.append((case, got))
-            later = []
-            for other_number, other in enumerate(cases[number:], number + 1):
-                other.where = f"case {other_number} of {len(cases)} ({other.describe()})"
-                try:
-                    out = learner(other)
-                except (AssertionError, NotImplementedError):
-                    continue
-                if _decoded_form(out, reference(other)) is None:
-                    later.append((other, out))
-            case.where = f"case {number} of {len(cases)} ({case.describe()})"
-            problem = (_first_match(variants, seen + later) or _first_match(variants, seen)
-                       or symptoms(got, want, case) or
-                       "your sequences differ from the reference's, and they match none of the "
-                       "common mistakes this check knows; compare your code with the steps above")
-            details = "\n" + _sequence_diff(got, want, case, log_probs)
-        raise AssertionError(f"{check}: {problem}\n  in {case.where}{details}")
-    return len(cases)
-
-
-def _first_match(variants: Sequence[tuple[Any, Callable[[Case], Any]]],
-                 outputs: list[tuple[Case, Any]]) -> str | None:
-    """The mistake whose output is the learner's on every case given."""
-    return diagnose([Mistake(*v) for v in variants], outputs, outputs[0][0], _agree_seqs)
-
-
-def _agree_seqs(got: Any, mistaken: Any) -> bool:
-    return mistaken is not None and _same_seqs(mistaken, _seqs(got))
-
-
-def _quiet(variant: Callable[[Case], Any], case: Case) -> Any:
-    try:
-        return variant(case)
-    except Exception:
-        return None
-
-
 def _decoding_args(case: Case) -> tuple[list[Any], dict[str, Any]]:
     i = case.inputs
     args = [i["model"], i["src"].clone(), i["max_len"], i["bos_id"], i["eos_id"]]
@@ -356,36 +374,76 @@ def _decoding_args(case: Case) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
+def _run_decoder(check: str, fn: Callable[..., Any], cases: Sequence[Case],
+                 reference: Callable[[Case], list[Tensor]], mistakes: Sequence[Mistake],
+                 beam: bool) -> int:
+    """The engine's :func:`run_cases` for a decoder: sequences are compared token for token,
+    and a wrong answer is shown as sequences (with their log-probabilities for beam search)."""
+
+    def learner(case: Case) -> Any:
+        args, kwargs = _decoding_args(case)
+        try:
+            return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
+        except AssertionError as err:
+            if "Sizes of tensors must match" not in str(err):
+                raise
+            raise AssertionError(f"{err}\n  hint: the tokens appended at a step are one per row, "
+                                 f"shape (B,) (B * k in beam search): the argmax over the "
+                                 f"vocabulary, dim=-1, of the last position's logits (rows, V); "
+                                 f"print the shapes of what you concatenate") from None
+
+    return run_cases(
+        check, cases, learner, reference, mistakes=mistakes, agree=_same_seqs,
+        structure=lambda got, want, case: _decoded_form(got, want),
+        hints=lambda got, want, case: _sequence_symptoms(got, want, case, beam),
+        details=lambda got, want, case: _sequence_diff(got, want, case, log_probs=beam))
+
+
 # --- greedy decoding ---
 
 
-def _greedy_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
-                 src_mask: Tensor | None = None, *, position: int = -1, finish: str = "trim",
-                 ignore_mask: bool = False) -> list[Tensor]:
-    """Greedy decoding with switches for common mistakes (defaults: the right answer).
+@dataclass(frozen=True)
+class _GreedyBug:
+    """Switches for the mistakes the greedy decoding check knows (all off: the right answer)."""
 
-    ``finish``: "trim" (right), "untrimmed" (finished rows go on, not cut), "eos_fill" (finished
-    rows repeat EOS, not cut), "never" (no stopping at EOS at all), "first" (every row stops when
-    the first one finishes).
-    """
-    if ignore_mask:
-        src_mask = None
-    memory = model.encode(src, src_mask)
+    position: int = -1  # 0: the next token is read from the first position's logits
+    finish: str = "trim"  # "untrimmed": finished rows go on and are not cut; "eos_fill": they
+    # repeat EOS and are not cut; "never": no stopping at EOS; "first": every row stops at the
+    # first EOS of the batch
+    mask: str = "both"  # which calls get src_mask: "both", "none", "encode", "decode"
+    normalize: str = ""  # "batch": a softmax over the batch before the argmax; "positions": a
+    # (log-)softmax over the positions of the (B, t, V) logits
+    newest_only: bool = False  # each step decodes only the newest token, not the whole prefix
+    steps: int = 0  # max_len + steps steps
+
+
+def _greedy_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+                 src_mask: Tensor | None = None, *, bug: _GreedyBug = _GreedyBug()) -> list[Tensor]:
+    """Greedy decoding, written plainly, with switches for common mistakes."""
+    encode_mask = src_mask if bug.mask in ("both", "encode") else None
+    decode_mask = src_mask if bug.mask in ("both", "decode") else None
+    memory = model.encode(src, encode_mask)
     B = src.size(0)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_len):
-        logits = model.decode(tokens, memory, src_mask, causal_mask(tokens.size(1)))
-        next_token = logits[:, position].argmax(dim=-1)
-        if finish in ("trim", "eos_fill"):
+    for _ in range(max_len + bug.steps):
+        prefix = tokens[:, -1:] if bug.newest_only else tokens
+        logits = model.decode(prefix, memory, decode_mask, causal_mask(prefix.size(1)))
+        if bug.normalize == "positions":
+            logits = F.log_softmax(logits, dim=1)
+        last = logits[:, bug.position]  # (B, V)
+        if bug.normalize == "batch":
+            last = F.softmax(last, dim=0)
+        next_token = last.argmax(dim=-1)
+        if bug.finish in ("trim", "eos_fill"):
             next_token = next_token.masked_fill(done, eos_id)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         done |= next_token == eos_id
-        if finish == "first" and done.any():
+        if bug.finish == "first" and done.any():
             break
-        if finish != "never" and done.all():
+        if bug.finish != "never" and done.all():
             break
-    if finish in ("trim", "first"):
+    if bug.finish in ("trim", "first"):
         return [_cut_after_eos(row, eos_id) for row in tokens]
     return list(tokens)
 
@@ -395,574 +453,86 @@ def _cut_after_eos(row: Tensor, eos_id: int) -> Tensor:
     return row if len(ends) == 0 else row[: int(ends[0]) + 2]
 
 
-def _greedy_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
-    def var(**options: Any) -> Callable[[Case], Any]:
-        def run(case: Case) -> list[Tensor]:
-            i = case.inputs
-            return _greedy_math(i["model"], i["src"], i["max_len"], i["bos_id"], i["eos_id"],
-                                i.get("src_mask"), **options)
-        return run
-
-    def right(case: Case) -> list[Tensor]:
-        return var()(case)
-
-    return [
-        ("your sequences go on after EOS: a sequence ends at its first EOS. In a batch, keep "
-         "going until every row has produced EOS, then cut each row after its first EOS",
-         var(finish="untrimmed")),
-        ("your sequences do not stop at EOS: stop generating once a row has produced EOS (in a "
-         "batch: once every row has), and cut each row after its first EOS", var(finish="never")),
-        ("rows that finished early are padded with EOS: cut each row after its first EOS",
-         var(finish="eos_fill")),
-        ("the whole batch stops when its first row reaches EOS, so the other rows are cut short: "
-         "each source is decoded until its own EOS (stop when every row has produced EOS, "
-         "done.all(), not done.any())", var(finish="first")),
-        ("the next token is read from the first position's logits: the prediction for the token "
-         "after the prefix is at the last position, logits[:, -1]", var(position=0)),
-        ("src_mask is ignored: pass it to model.encode and model.decode, so the padded source "
-         "positions are hidden", var(ignore_mask=True)),
-        ("your sequences leave out BOS: each one starts with bos_id, followed by the generated "
-         "tokens", lambda c: [s[1:] for s in right(c)]),
-        ("your sequences leave out their final EOS: a finished sequence ends with eos_id",
-         lambda c: [s[:-1] if s[-1] == c.inputs["eos_id"] and len(s) > 1 else s for s in right(c)]),
-        ("max_len counts the tokens generated after BOS: generate at most max_len of them, "
-         "for at most max_len + 1 ids; yours makes one more",
-         lambda c: var()(Case(c.name, {**c.inputs, "max_len": c.inputs["max_len"] + 1}))),
-        ("max_len counts the tokens generated after BOS: generate at most max_len of them, "
-         "for at most max_len + 1 ids; yours makes one fewer",
-         lambda c: var()(Case(c.name, {**c.inputs, "max_len": c.inputs["max_len"] - 1}))),
-    ]
-
-
-# seeds of the random models, chosen so that their answers differ from source to source, some end
-# with EOS and some run to max_len, and beam search, the source mask and the length penalty each
-# change some answer
-_POST_LN_SEED, _PRE_LN_SEED = 33, 48
-
-
-def _decoding_sources(g: torch.Generator, lengths: Sequence[int], S: int | None = None
-                      ) -> tuple[Tensor, Tensor]:
-    """Random source ids 3..10 with padding (id 0) after each length; and the padding mask."""
-    S = S or max(lengths)
-    src = torch.randint(3, 11, (len(lengths), S), generator=g)
-    keep = torch.arange(S) < torch.tensor(lengths)[:, None]
-    src = src.masked_fill(~keep, 0)
-    return src, keep[:, None, None, :]
-
-
-def _greedy_cases(g: torch.Generator) -> list[Case]:
-    chapter, three = _chapter_table(), _three_sources_table()
-    other_ids = _table_model("EOS pad BOS A B C", A={
-        "BOS": {"A": 0.5, "B": 0.4, "EOS": 0.1},
-        "BOS A": {"B": 0.36, "C": 0.34, "EOS": 0.3},
-        "BOS A B": {"C": 0.7, "EOS": 0.3},
-    })
-    src_t, mask_t = _decoding_sources(g, [6, 4, 2])
-    src_u, mask_u = _decoding_sources(g, [3, 5])
-
-    def case(name: str, model: nn.Module, src: Tensor, max_len: int, src_mask: Tensor | None = None,
-             bos: int = 1, eos: int = 2) -> Case:
-        return Case(name, {"model": model, "src": src, "max_len": max_len, "bos_id": bos,
-                            "eos_id": eos, "src_mask": src_mask})
-
-    def sources(model: _TableModel, *names: str) -> Tensor:
-        return torch.tensor([[model.ids[n], 0] for n in names])
-
-    return [
-        case("a table model, one source", chapter, sources(chapter, "A"), 5),
-        case("a table model, 3 sources that finish at different steps (the last one never)",
-             three, sources(three, "A", "D", "G"), 4),
-        case("a table model with bos_id=2, eos_id=0", other_ids, sources(other_ids, "A"), 5,
-             bos=2, eos=0),
-        case("a random post-LN Transformer, 3 padded sources", _random_transformer(
-            _POST_LN_SEED, norm_first=False), src_t, 6, mask_t),
-        case("a random pre-LN Transformer, 2 padded sources, max_len=1", _random_transformer(
-            _PRE_LN_SEED, norm_first=True), src_u, 1, mask_u),
-    ]
-
-
-@isolated
-def check_greedy_decode(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(model, src, max_len, bos_id, eos_id, src_mask=None)``, greedy decoding, which
-    returns one 1-d tensor of ids per source: ``bos_id``, the generated tokens, and ``eos_id``
-    (or ``max_len`` tokens if EOS never came), as :func:`transformer_lib.greedy_decode`.
-
-    The models: hand-made table models (batches whose sources finish at different steps or never;
-    other BOS and EOS ids) and small random :class:`transformer_lib.Transformer` s with padded
-    sources.
-    """
-    check = "check_greedy_decode"
-    g = torch.Generator().manual_seed(seed)
-    cases = _greedy_cases(g)
-
-    def learner(case: Case) -> Any:
+def _greedy_with(bug: _GreedyBug) -> Callable[[Case], list[Tensor]]:
+    def run(case: Case) -> list[Tensor]:
         args, kwargs = _decoding_args(case)
-        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
-
-    def reference(case: Case) -> list[Tensor]:
-        args, kwargs = _decoding_args(case)
-        return greedy_decode(*args, **kwargs, use_cache=False)
-
-    count = _run_decoding(check, cases, learner, reference, _greedy_variants(),
-                          lambda got, want, case: _sequence_symptoms(got, want, case, beam=False))
-    passed(check, count)
+        return _greedy_math(*args, **kwargs, bug=bug)
+    return run
 
 
-# --- the log-probability of a sequence ---
+def _greedy_reference(case: Case) -> list[Tensor]:
+    return _greedy_with(_GreedyBug())(case)
 
 
-def _sequence_log_prob_math(model: nn.Module, src: Tensor, tgt: Tensor,
-                            src_mask: Tensor | None = None, *, shift: str = "ok",
-                            normalize: str = "log_softmax", reduce: str = "sum",
-                            ignore_mask: bool = False, softmax_dim: int = -1) -> Tensor:
-    """log p(tgt | src) with switches for common mistakes (defaults: the right answer)."""
-    if ignore_mask:
-        src_mask = None
-    memory = model.encode(src, src_mask)
-    T = tgt.size(1)
-    inputs, targets = {"ok": (tgt[:, :-1], tgt[:, 1:]), "none": (tgt, tgt),
-                       "same": (tgt[:, :-1], tgt[:, :-1]), "skip_first": (tgt[:, :-1], tgt[:, 1:]),
-                       "no_last": (tgt[:, :-2], tgt[:, 1:-1])}[shift]
-    logits = model.decode(inputs, memory, src_mask, causal_mask(inputs.size(1))).float()
-    scores = {"log_softmax": lambda x: F.log_softmax(x, dim=softmax_dim),
-              "none": lambda x: x,
-              "softmax": lambda x: F.softmax(x, dim=-1)}[normalize](logits)
-    picked = scores.gather(-1, targets[..., None]).squeeze(-1)  # (B, T')
-    if shift == "skip_first":
-        picked = picked[:, 1:]
-    del T
-    if reduce == "mean":
-        return picked.mean(dim=-1)
-    if reduce == "prob":
-        return picked.sum(dim=-1).exp()
-    return picked.sum(dim=-1)
+def _greedy_package(case: Case) -> list[Tensor]:
+    args, kwargs = _decoding_args(case)
+    return greedy_decode(*args, **kwargs)
 
 
-def _sequence_log_prob_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
-    def var(**options: Any) -> Callable[[Case], Any]:
-        return lambda case: _sequence_log_prob_math(**case.inputs, **options)
+def _greedy_mistakes() -> list[Mistake]:
+    def var(**switches: Any) -> Callable[[Case], list[Tensor]]:
+        return _greedy_with(_GreedyBug(**switches))
 
-    shift = ("the targets are not shifted: the logits at position t score the token that "
-             "follows it, so decode tgt[:, :-1] and score the tokens tgt[:, 1:]")
+    def no_bos(case: Case) -> list[Tensor]:
+        return [s[1:] for s in _greedy_reference(case)]
+
+    def no_eos(case: Case) -> list[Tensor]:
+        eos = case.inputs["eos_id"]
+        return [s[:-1] if s[-1] == eos and len(s) > 1 else s for s in _greedy_reference(case)]
+
     return [
-        (shift, var(shift="none")),
-        (shift, var(shift="same")),
-        ("the first token after BOS is not scored: every token after BOS counts, the first "
-         "one included", var(shift="skip_first")),
-        ("the last token (EOS) is not scored: every token after BOS counts, EOS included",
-         var(shift="no_last")),
-        ("the logits are summed as they are: turn them into log-probabilities first, "
-         "F.log_softmax(logits, dim=-1)", var(normalize="none")),
-        ("probabilities are summed: sum the log-probabilities (log_softmax), since "
-         "log p(y) = sum_t log p(y_t | y_<t, x)", var(normalize="softmax")),
-        ("the log_softmax runs over the positions: normalize over the vocabulary, dim=-1",
-         var(softmax_dim=1)),
-        ("this is the mean over the tokens: the log-probability of a sequence is their sum",
-         var(reduce="mean")),
-        ("this is the probability p(y | x): return its logarithm, the sum of the tokens' "
-         "log-probabilities", var(reduce="prob")),
-        ("src_mask is ignored: pass it to model.encode and model.decode", var(ignore_mask=True)),
+        _mistake("your sequences go on after EOS: a sequence ends at its first EOS. In a batch, "
+                 "keep going until every row has produced EOS, then cut each row after its first "
+                 "EOS", var(finish="untrimmed")),
+        _mistake("your sequences do not stop at EOS: stop generating once a row has produced EOS "
+                 "(in a batch: once every row has), and cut each row after its first EOS",
+                 var(finish="never")),
+        _mistake("rows that finished early are padded with EOS: cut each row after its first EOS",
+                 var(finish="eos_fill")),
+        _mistake("the whole batch stops when its first row reaches EOS, so the other rows are cut "
+                 "short: each source is decoded until its own EOS (stop when every row has "
+                 "produced EOS, done.all(), not done.any())", var(finish="first")),
+        _mistake("the next token is read from the first position's logits: the prediction for "
+                 "the token after the prefix is at the last position, logits[:, -1]",
+                 var(position=0)),
+        _mistake("each step decodes only the newest token: model.decode has no memory of earlier "
+                 "steps, so give it the whole prefix generated so far, tokens (B, t)",
+                 var(newest_only=True)),
+        _mistake("the softmax before the argmax runs over the batch (dim=0 of the (B, V) logits), "
+                 "so each row's choice depends on the other rows: the argmax is over the "
+                 "vocabulary, dim=-1, and needs no softmax at all", var(normalize="batch")),
+        _mistake("the log_softmax runs over the positions (dim=1 of the (B, t, V) logits): "
+                 "normalize over the vocabulary, dim=-1, or just take the argmax of "
+                 "logits[:, -1]", var(normalize="positions")),
+        _mistake("src_mask is ignored: pass it to model.encode and model.decode, so the padded "
+                 "source positions are hidden", var(mask="none")),
+        _mistake("src_mask is passed to model.encode but not to model.decode: the "
+                 "cross-attention over the memory must hide the padded source positions too",
+                 var(mask="encode")),
+        _mistake("src_mask is passed to model.decode but not to model.encode: the encoder's "
+                 "self-attention must hide the padded source positions too", var(mask="decode")),
+        _mistake("your sequences leave out BOS: each one starts with bos_id, followed by the "
+                 "generated tokens", no_bos),
+        _mistake("your sequences leave out their final EOS: a finished sequence ends with eos_id",
+                 no_eos),
+        _mistake("max_len counts the tokens generated after BOS: generate at most max_len of "
+                 "them, for at most max_len + 1 ids; yours makes one more", var(steps=1)),
+        _mistake("max_len counts the tokens generated after BOS: generate at most max_len of "
+                 "them, for at most max_len + 1 ids; yours makes one fewer", var(steps=-1)),
     ]
 
 
-@isolated
-def check_sequence_log_prob(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(model, src, tgt, src_mask=None) -> (B,)``, the log-probability
-    :math:`\\log p(y \\mid x) = \\sum_t \\log p(y_t \\mid y_{<t}, x)` of each complete hypothesis
-    ``tgt[b]`` (BOS first; every token after BOS is scored), as
-    :func:`transformer_lib.sequence_log_prob`: a table model whose probabilities are known, and
-    small random Transformers with padded sources."""
-    check = "check_sequence_log_prob"
-    g = torch.Generator().manual_seed(seed)
-    chapter = _chapter_table()
-    a = chapter.ids
-    table_tgt = torch.tensor([[a["BOS"], a["A"], a["B"], a["EOS"]],
-                              [a["BOS"], a["A"], a["C"], a["EOS"]],
-                              [a["BOS"], a["B"], a["C"], a["EOS"]]])
-    src_t, mask_t = _decoding_sources(g, [5, 2, 4])
-    src_u, _ = _decoding_sources(g, [3, 3])
-
-    def tgt(B: int, T: int, vocab: int = 9) -> Tensor:
-        t = torch.randint(3, vocab, (B, T), generator=g)
-        t[:, 0], t[:, -1] = 1, 2  # BOS ... EOS
-        return t
-
-    cases = [
-        Case("a table model, p(BOS A B EOS) = 0.5 * 0.36 * 1 (nearly)",
-              {"model": chapter, "src": torch.full((3, 1), a["A"]), "tgt": table_tgt}),
-        Case("a random post-LN Transformer, padded sources",
-              {"model": _random_transformer(_POST_LN_SEED, norm_first=False), "src": src_t, "tgt": tgt(3, 6),
-               "src_mask": mask_t}),
-        Case("a random pre-LN Transformer, no mask",
-              {"model": _random_transformer(_PRE_LN_SEED, norm_first=True), "src": src_u, "tgt": tgt(2, 4)}),
-    ]
-    for case in cases:
-        case.positional = 3
-
-    def learner(case: Case) -> Any:
-        args, kwargs = case.args()
-        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
-
-    def structure(got: Any, want: Tensor, case: Case) -> str | None:
-        B, T = case.inputs["tgt"].shape
-        if isinstance(got, Tensor) and got.shape in ((B, T - 1), (B, T)):
-            return (f"yours has shape {tuple(got.shape)}, one number per token: sum over the "
-                    f"positions to get one log-probability per sequence, (B,) = ({B},)")
-        if isinstance(got, Tensor) and got.shape in ((B, 1), (1, B)):
-            return f"return shape (B,) = ({B},); yours is {tuple(got.shape)}"
-        return structure_problem(("log-probabilities",), got, want)
-
-    count = run_cases(check, cases, learner, lambda case: sequence_log_prob(**case.inputs),
-                 parts=("log-probabilities",), mistakes=[Mistake(*v) for v in _sequence_log_prob_variants()],
-                 structure=structure)
-    passed(check, count)
-
-
-# --- one beam step: the best candidates of each source ---
-
-
-def _top_candidates(log_probs: Tensor, next_log_probs: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    B, k, V = next_log_probs.shape
-    scores = (log_probs[:, :, None] + next_log_probs).reshape(B, k * V)  # (B, k, V) -> (B, k * V)
-    top, index = scores.topk(n, dim=-1)  # (B, n), best first
-    return top, index // V, index % V
-
-
-def _top_candidates_variants() -> list[tuple[Any, Callable[[Case], Any]]]:
-    def inputs(case: Case) -> tuple[Tensor, Tensor, int]:
-        i = case.inputs
-        return i["log_probs"], i["next_log_probs"], i["n"]
-
-    def last_only(case: Case) -> tuple[Tensor, Tensor, Tensor]:
-        lp, nlp, n = inputs(case)
-        B, k, V = nlp.shape
-        alive = torch.where(torch.isinf(lp), lp, torch.zeros_like(lp))  # -inf rows stay dead
-        return _top_candidates(alive, nlp, n)
-
-    def ranked_by_last(case: Case) -> tuple[Tensor, Tensor, Tensor]:
-        lp, nlp, n = inputs(case)
-        _, beams, tokens = last_only(case)
-        return lp.gather(1, beams) + nlp[torch.arange(nlp.size(0))[:, None], beams, tokens], beams, tokens
-
-    def flat(case: Case) -> tuple[Tensor, Tensor, Tensor]:
-        lp, nlp, n = inputs(case)
-        B, k, V = nlp.shape
-        top, index = (lp[:, :, None] + nlp).reshape(-1).topk(B * n)
-        return top.view(B, n), (index // V % k).view(B, n), (index % V).view(B, n)
-
-    def decompose(case: Case, how: str) -> tuple[Tensor, Tensor, Tensor]:
-        lp, nlp, n = inputs(case)
-        B, k, V = nlp.shape
-        top, index = (lp[:, :, None] + nlp).reshape(B, k * V).topk(n, dim=-1)
-        if how == "by_k":
-            return top, index % k, index // k
-        if how == "flat_index":
-            return top, index // V, index
-        return top, index // k, index % V
-
-    def smallest(case: Case) -> tuple[Tensor, Tensor, Tensor]:
-        lp, nlp, n = inputs(case)
-        B, k, V = nlp.shape
-        scores = (lp[:, :, None] + nlp).reshape(B, k * V)
-        scores = scores.masked_fill(torch.isinf(scores), math.inf)
-        top, index = scores.topk(n, dim=-1, largest=False)
-        return top, index // V, index % V
-
-    decomposition = ("the flat index of a candidate in the (B, k * V) scores is "
-                     "beam * V + token: beam = index // V, token = index % V")
-    return [
-        ("the candidates are ranked by the new token's log-probability alone: a hypothesis's "
-         "score is the sum over all its tokens, log_probs[:, :, None] + next_log_probs",
-         last_only),
-        ("the candidates are ranked by the new token's log-probability alone: rank them by their "
-         "total score, log_probs[:, :, None] + next_log_probs", ranked_by_last),
-        ("the top-k runs over the whole batch, so one source's candidates take another's "
-         "places: take the top n of each source's k * V candidates, scores.view(B, k * V)"
-         ".topk(n, dim=-1)", flat),
-        (decomposition, lambda c: decompose(c, "by_k")),
-        (decomposition, lambda c: decompose(c, "div_k")),
-        ("the tokens are the flat indices into the k * V candidates: token = index % V "
-         "(and beam = index // V)", lambda c: decompose(c, "flat_index")),
-        ("these are the n worst candidates: topk returns the largest by default "
-         "(largest=True), best first", smallest),
-    ]
-
-
-@isolated
-def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(log_probs, next_log_probs, n) -> (scores, beams, tokens)``, one step of beam
-    search: ``log_probs (B, k)`` scores the live hypotheses (``-inf``: no hypothesis),
-    ``next_log_probs (B, k, V)`` their next-token log-probabilities; the result holds, for each
-    source, its ``n`` best extensions, best first (each ``(B, n)``):
-    ``scores[b, i] = log_probs[b, beams[b, i]] + next_log_probs[b, beams[b, i], tokens[b, i]]``.
-    """
-    check = "check_top_candidates"
-    g = torch.Generator().manual_seed(seed)
-
-    def case(name: str, B: int, k: int, V: int, n: int, dead: int = 0,
-             offsets: Sequence[float] | None = None) -> Case:
-        log_probs = -3.0 * torch.rand(B, k, generator=g)
-        if offsets is not None:
-            log_probs = log_probs + torch.tensor(offsets)[:, None]
-        if dead:
-            log_probs[:, k - dead:] = -math.inf
-        next_log_probs = F.log_softmax(randn(g, B, k, V, std=2.0), dim=-1)
-        return Case(name, {"log_probs": log_probs, "next_log_probs": next_log_probs, "n": n},
-                     positional=3)
-
-    cases = [
-        case("B=2 sources, k=3 hypotheses each, V=5, n=3", 2, 3, 5, 3),
-        case("the first step: only hypothesis 0 is live, the others are -inf; n=2k=6", 2, 3, 6, 6,
-             dead=2),
-        case("3 sources with scores on different scales, k=2, V=4, n=4", 3, 2, 4, 4,
-             offsets=[0.0, -6.0, -12.0]),
-        case("one source, one hypothesis (greedy), V=7, n=2", 1, 1, 7, 2),
-        case("k=4, V=3, n=8: the best candidates come from several hypotheses", 2, 4, 3, 8),
-    ]
-    parts = ("scores", "beams", "tokens")
-
-    def learner(case: Case) -> Any:
-        args, kwargs = case.args()
-        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
-
-    def reference(case: Case) -> Any:
-        return _top_candidates(**case.inputs)
-
-    def structure(got: Any, want: Any, case: Case) -> str | None:
-        B, k, V = case.inputs["next_log_probs"].shape
-        n = case.inputs["n"]
-        if isinstance(got, (tuple, list)) and got and isinstance(got[0], Tensor):
-            if got[0].shape == (B, k, n):
-                return (f"the scores have shape (B, k, n) = {(B, k, n)}: that is the top n of each "
-                        f"hypothesis; flatten each source's candidates to (B, k * V) first, so the "
-                        f"n best of a source can come from any of its hypotheses")
-        problem = structure_problem(parts, got, want)
-        if problem is None:
-            scores, beams, tokens = got
-            if bool(((beams < 0) | (beams >= k)).any()) or bool(((tokens < 0) | (tokens >= V)).any()):
-                return (f"beams must be in [0, k) = [0, {k}) and tokens in [0, V) = [0, {V}): "
-                        f"split the flat index into beam = index // V and token = index % V")
-        return problem
-
-    def hints(got: Any, want: Any, case: Case) -> str | None:
-        scores, beams, tokens = got
-        lp, nlp = case.inputs["log_probs"], case.inputs["next_log_probs"]
-        B, k, V = nlp.shape
-        candidates = (lp[:, :, None] + nlp).reshape(B, k * V)
-        for b in range(B):
-            for value in scores[b].tolist():
-                if not bool(torch.isclose(candidates[b], torch.tensor(value), atol=1e-5).any()):
-                    return (f"source {b} got a score that is none of its own candidates': the "
-                            f"top n must be taken per source, over scores.view(B, k * V)")
-        if close(scores, want[0]) and not (close(beams, want[1]) and close(tokens, want[2])):
-            return ("the scores are right but not the beams or tokens they come from: with "
-                    "index in [0, k * V), beam = index // V and token = index % V")
-        chosen = lp[:, :, None] + nlp
-        if close(scores.sort(dim=-1, descending=True).values, want[0]):
-            return "the right candidates, in the wrong order: return them best first"
-        del chosen
-        return None
-
-    count = run_cases(check, cases, learner, reference, parts=parts,
-                 mistakes=[Mistake(*v) for v in _top_candidates_variants()], structure=structure, hints=hints)
-    passed(check, count)
-
-
-# --- beam search ---
-
-
-@dataclass
-class _BeamBug:
-    """Switches for the mistakes the beam search check knows (all off: the right answer)."""
-
-    all_live: bool = False  # all k start rows live at score 0: the beam fills with duplicates
-    last_token: bool = False  # a hypothesis is scored by its last token's log-probability only
-    extend_finished: str = ""  # "untrimmed" / "trimmed": EOS is an ordinary token
-    flat_topk: bool = False  # one top-k over the whole batch's B * k * V candidates
-    no_reorder: bool = False  # row j keeps its own prefix and gets the token chosen for slot j
-    tiled_memory: bool = False  # row r reads source r % B's memory (repeat, not repeat_interleave)
-    every_eos: bool = False  # every EOS among the top 2k is set aside, even below the k-th live
-    top_k_only: bool = False  # only the top k candidates: the beam shrinks when some finish
-    stop: str = "exact"  # "first": at the first finished; "k_finished"; "raw_bound"
-    pick: str = "best"  # "last_finished", "live" (the top live row), "finished_only"
-    penalty: str = "ok"  # "ignored", "mean" (log p / |y|), "with_bos" (|y| + 1), "multiply"
-    ignore_mask: bool = False
-
-
-def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
-               beam_size: int = 4, src_mask: Tensor | None = None, length_alpha: float = 0.0,
-               bug: _BeamBug | None = None) -> list[Tensor]:
-    """Beam search, written plainly with Python lists, with switches for common mistakes."""
-    bug = bug or _BeamBug()
-    B, k = src.size(0), beam_size
-    alpha = 0.0 if bug.penalty == "ignored" else (length_alpha or 0.0)
-
-    def score(log_prob: float, length: int) -> float:
-        if bug.penalty == "mean":
-            return log_prob / length
-        if bug.penalty == "multiply":
-            return log_prob * length_penalty(length, alpha)
-        return log_prob / length_penalty(length + (bug.penalty == "with_bos"), alpha)
-
-    mask = None if src_mask is None or bug.ignore_mask else src_mask.expand(B, 1, 1, src.size(1))
-    memory = model.encode(src, mask)
-    rows = torch.arange(B).repeat(k) if bug.tiled_memory else torch.arange(B).repeat_interleave(k)
-    memory, mask = memory[rows], None if mask is None else mask[rows]
-    hyps = [[bos_id] for _ in range(B * k)]
-    scores = [[0.0 if j == 0 or bug.all_live else -math.inf for j in range(k)] for _ in range(B)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    active = [True] * B
-    top_live: list[list[int] | None] = [None] * B
-    for t in range(1, max_len + 1):
-        logits = model.decode(torch.tensor(hyps), memory, mask, causal_mask(t))
-        step = F.log_softmax(logits[:, -1].float(), dim=-1)  # (B * k, V)
-        per_source = []
-        for b in range(B):
-            candidates = []
-            for j in range(k):
-                if scores[b][j] == -math.inf:
-                    continue
-                row = b * k + j
-                values = step[row].tolist()
-                for v, value in enumerate(values):
-                    candidates.append((value if bug.last_token else scores[b][j] + value, row, v))
-            candidates.sort(key=lambda c: -c[0])
-            per_source.append(candidates[: (k if bug.top_k_only else 2 * k)])
-        if bug.flat_topk:  # slots filled in the order of one ranking of the whole batch
-            merged = sorted((c for b in range(B) if active[b] for c in per_source[b]),
-                            key=lambda c: -c[0])[: 2 * B * k]
-            per_source = [[] for _ in range(B)]
-            for n, c in enumerate(merged):
-                per_source[min(n // (2 * k), B - 1)].append(c)
-        new_hyps: list[list[int]] = []
-        new_scores = [[-math.inf] * k for _ in range(B)]
-        for b in range(B):
-            chosen = 0
-            for total, row, v in per_source[b]:
-                if not active[b] or (chosen == k and not bug.every_eos):
-                    break
-                prefix = hyps[b * k + chosen] if bug.no_reorder and chosen < k else hyps[row]
-                if v == eos_id and not bug.extend_finished:
-                    finished[b].append((score(total, t), hyps[row] + [v]))
-                    continue
-                if chosen == k:
-                    continue
-                new_hyps.append(prefix + [v])
-                new_scores[b][chosen] = total
-                chosen += 1
-            while chosen < k:
-                new_hyps.append(hyps[b * k] + [eos_id])
-                chosen += 1
-            if not active[b]:
-                continue
-            live = max(new_scores[b])
-            if live > -math.inf:
-                top_live[b] = new_hyps[b * k + new_scores[b].index(live)]
-            if not finished[b]:
-                continue
-            best = max(s for s, _ in finished[b])
-            if bug.stop == "first" or (bug.stop == "k_finished" and len(finished[b]) >= k):
-                active[b] = False
-            elif bug.stop == "raw_bound" and best >= live:
-                active[b] = False
-            elif bug.stop == "exact" and best >= score(live, max_len):
-                active[b] = False
-        hyps, scores = new_hyps, new_scores
-        if not any(active):
-            break
-    else:
-        for b in range(B):
-            if active[b] and bug.pick != "finished_only":
-                finished[b] += [(score(s, max_len), hyps[b * k + j]) for j, s in enumerate(scores[b])
-                                if s > -math.inf]
-    out = []
-    for b in range(B):
-        if bug.pick == "live" and top_live[b] is not None:
-            tokens = top_live[b]
-        elif bug.pick == "last_finished" and finished[b]:
-            tokens = finished[b][-1][1]
-        elif finished[b]:
-            tokens = max(finished[b], key=lambda f: f[0])[1]
-        else:
-            tokens = hyps[b * k]
-        if bug.extend_finished == "trimmed" and eos_id in tokens[1:]:
-            tokens = tokens[: tokens.index(eos_id, 1) + 1]
-        out.append(torch.tensor(tokens))
-    return out
-
-
-_BEAM_VARIANTS: list[tuple[str, _BeamBug]] = [
-    ("all k hypotheses start live: at the first step the beam holds k copies of BOS, so it fills "
-     "with k copies of one hypothesis and your answer is greedy decoding's. Start each source with "
-     "one live hypothesis: scores 0 for the first row and -inf for the other k - 1 "
-     "(log_probs[:, 1:] = -inf); or is beam_size ignored?", _BeamBug(all_live=True)),
-    ("the hypotheses are ranked by the log-probability of their last token: a hypothesis's score "
-     "is the running sum over its tokens, log_probs[:, :, None] + next_log_probs",
-     _BeamBug(last_token=True)),
-    ("finished hypotheses are extended: a hypothesis that emits EOS is finished; set it aside "
-     "(with its score) and keep k live hypotheses in the beam", _BeamBug(extend_finished="trimmed")),
-    ("finished hypotheses are extended: a hypothesis that emits EOS is finished; set it aside "
-     "(with its score) and keep k live hypotheses in the beam",
-     _BeamBug(extend_finished="untrimmed")),
-    ("the top-k runs over the whole batch, so the hypotheses of different sources are mixed: take "
-     "each source's best candidates among its own k * V, scores.view(B, k * V).topk(..., dim=-1)",
-     _BeamBug(flat_topk=True)),
-    ("the rows of memory do not line up with the hypotheses: row b * k + j belongs to source b, so "
-     "expand memory (and src_mask) with repeat_interleave(k, dim=0); repeat(k, 1, 1) tiles the "
-     "batch and gives row r the memory of source r % B", _BeamBug(tiled_memory=True)),
-    ("the rows are not reordered after the selection: the new beam's row j must continue the "
-     "hypothesis its candidate came from, tokens = torch.cat([tokens[rows], new_tokens[:, None]], "
-     "dim=1), not the hypothesis that was in row j", _BeamBug(no_reorder=True)),
-    ("the search stops at the first hypothesis that finishes: a live hypothesis may still beat "
-     "it. Go on until the best finished score is at least the best live log-probability (divided "
-     "by lp(max_len)), or until max_len", _BeamBug(stop="first")),
-    ("the search stops when k hypotheses have finished, but a live one can still beat them: go on "
-     "until the best finished score is at least the best live log-probability (divided by "
-     "lp(max_len)), or until max_len", _BeamBug(stop="k_finished")),
-    ("you return the last hypothesis to finish: return the finished hypothesis with the best "
-     "score", _BeamBug(pick="last_finished")),
-    ("you return a hypothesis of the beam, not the best finished one: hypotheses that end with "
-     "EOS are set aside as finished, and the answer is the best of them (live hypotheses count "
-     "only when max_len is reached)", _BeamBug(pick="live")),
-    ("when max_len is reached, the live hypotheses count as finished too (scored with "
-     "lp(max_len)): the best of them can beat every hypothesis that ended with EOS",
-     _BeamBug(pick="finished_only")),
-    ("with beam_size=1 beam search must be greedy decoding: an EOS candidate ranked below the "
-     "k-th live one is not set aside. Go through the candidates best first and stop as soon as "
-     "k live ones are chosen", _BeamBug(every_eos=True)),
-    ("finished hypotheses are scored by their mean log-probability, log p / |y|: the score is "
-     "log p / lp(|y|) with lp(|y|) = ((5 + |y|) / 6) ** length_alpha, which is 1 when "
-     "length_alpha=0 (no length normalization)", _BeamBug(penalty="mean")),
-    ("src_mask is ignored: pass it to model.encode, and (one row per hypothesis, "
-     "repeat_interleave(k, dim=0)) to model.decode", _BeamBug(ignore_mask=True)),
-]
-
-_PENALTY_VARIANTS: list[tuple[str, _BeamBug]] = [
-    ("length_alpha is ignored: a finished hypothesis scores log p / lp(|y|), "
-     "lp(|y|) = length_penalty(|y|, length_alpha)", _BeamBug(penalty="ignored")),
-    ("the length penalty multiplies the log-probability; divide by it: log p / lp(|y|)",
-     _BeamBug(penalty="multiply")),
-    ("the length |y| counts BOS: it counts the generated tokens, EOS included (a hypothesis that "
-     "finishes at step t has |y| = t)", _BeamBug(penalty="with_bos")),
-    ("the stopping rule ignores the length penalty: a live hypothesis may still reach "
-     "log p / lp(max_len), which is larger than its log p; stop when the best finished score "
-     "is at least best live log p / lp(max_len)", _BeamBug(stop="raw_bound")),
-    ("only the top k candidates are considered, so the beam shrinks when some of them end with "
-     "EOS: go through the top 2k, so that k live hypotheses remain after the finished are set "
-     "aside", _BeamBug(top_k_only=True)),
-]
-
-
+_CHAPTER_TABLE = {
+    "BOS": {"A": 0.5, "B": 0.4, "EOS": 0.1},
+    "BOS A": {"B": 0.36, "C": 0.34, "EOS": 0.3},
+    "BOS B": {"B": 0.05, "C": 0.04, "EOS": 0.91},
+}
 _TABLE_NAMES = "pad BOS EOS A B C D E F G H I J K L"
 
 
 def _chapter_table() -> _TableModel:
     """Chapter 6's example: greedy decoding finds A B EOS (p = 0.18), beam search B EOS (0.364)."""
-    return _table_model(_TABLE_NAMES, A={
-        "BOS": {"A": 0.5, "B": 0.4, "EOS": 0.1},
-        "BOS A": {"B": 0.36, "C": 0.34, "EOS": 0.3},
-        "BOS B": {"B": 0.05, "C": 0.04, "EOS": 0.91},
-    })
+    return _table_model(_TABLE_NAMES, A=_CHAPTER_TABLE)
 
 
 def _three_sources_table() -> _TableModel:
@@ -981,8 +551,720 @@ def _three_sources_table() -> _TableModel:
     })
 
 
+def _case(name: str, model: nn.Module, src: Tensor, max_len: int, src_mask: Tensor | None = None,
+          bos: int = 1, eos: int = 2, **more: Any) -> Case:
+    return Case(name, {"model": model, "src": src, "max_len": max_len, "bos_id": bos,
+                       "eos_id": eos, **more, "src_mask": src_mask})
+
+
+def _greedy_cases(g: torch.Generator) -> list[Case]:
+    chapter, three = _chapter_table(), _three_sources_table()
+    other_ids = _table_model("EOS pad BOS A B C", A={
+        "BOS": {"A": 0.5, "B": 0.4, "EOS": 0.1},
+        "BOS A": {"B": 0.36, "C": 0.34, "EOS": 0.3},
+        "BOS A B": {"C": 0.7, "EOS": 0.3},
+    })
+    src_t, mask_t = _decoding_sources(g, [6, 4, 2])
+    src_u, mask_u = _decoding_sources(g, [3, 5])
+    src_v, mask_v = _decoding_sources(g, [2, 5, 4, 1])
+    post_ln = _random_transformer(_POST_LN_SEED, norm_first=False)
+    pre_ln = _random_transformer(_PRE_LN_SEED, norm_first=True)
+    return [
+        _case("a table model, 3 sources that finish at different steps (the last one never)",
+              three, _sources(three, "A", "D", "G"), 4),
+        _case("a table model, one source", chapter, _sources(chapter, "A"), 5),
+        _case("a table model with bos_id=2, eos_id=0", other_ids, _sources(other_ids, "A"), 5,
+              bos=2, eos=0),
+        _case("a random post-LN Transformer, 3 padded sources", post_ln, src_t, 6, mask_t),
+        _case("a random pre-LN Transformer, 2 padded sources, max_len=1", pre_ln, src_u, 1,
+              mask_u),
+        _case("a random pre-LN Transformer, 4 padded sources", pre_ln, src_v, 5, mask_v),
+    ]
+
+
+@isolated
+def check_greedy_decode(fn: Callable[..., Any], *, seed: int = 0) -> None:
+    """Check ``fn(model, src, max_len, bos_id, eos_id, src_mask=None)``, greedy decoding, which
+    returns one 1-d tensor of ids per source: ``bos_id``, the generated tokens, and ``eos_id``
+    (or ``max_len`` tokens if EOS never came), as :func:`transformer_lib.greedy_decode`.
+
+    The models: hand-made table models (batches whose sources finish at different steps or never;
+    other BOS and EOS ids) and small random :class:`transformer_lib.Transformer` s with padded
+    sources.
+    """
+    check = "check_greedy_decode"
+    cases = _greedy_cases(torch.Generator().manual_seed(seed))
+    count = _run_decoder(check, fn, cases, _greedy_package, _greedy_mistakes(), beam=False)
+    passed(check, count)
+
+
+register(Spec(check="check_greedy_decode",
+              cases=lambda: _greedy_cases(torch.Generator().manual_seed(0)),
+              reference=_one_thread(_greedy_reference), package=_one_thread(_greedy_package),
+              mistakes=_greedy_mistakes, agree=_same_seqs))
+
+
+# --- the log-probability of a sequence ---
+
+
+@dataclass(frozen=True)
+class _LogProbBug:
+    """Switches for the mistakes the sequence log-probability check knows (all off: right)."""
+
+    shift: str = "ok"  # which positions score which tokens (see _LOG_PROB_SHIFTS)
+    normalize: str = "log_softmax"  # "none": raw logits; "softmax": probabilities
+    dim: int = -1  # the axis of the log_softmax: 1 the positions, 0 the batch
+    reduce: str = "sum"  # "mean", "prob" (exp of the sum), "negative" (minus the sum)
+    mask: str = "both"  # which calls get src_mask: "both", "none", "encode", "decode"
+
+
+# shift -> (decoder input, scored positions, scored tokens) as functions of tgt (B, T)
+_LOG_PROB_SHIFTS: dict[str, tuple[Callable[[Tensor], Tensor], slice, Callable[[Tensor], Tensor]]] = {
+    "ok": (lambda t: t[:, :-1], slice(None), lambda t: t[:, 1:]),
+    "none": (lambda t: t, slice(None), lambda t: t),  # each position scores its own token
+    "same": (lambda t: t[:, :-1], slice(None), lambda t: t[:, :-1]),
+    "own": (lambda t: t, slice(1, None), lambda t: t[:, 1:]),  # positions 1.. score their own
+    "backward": (lambda t: t[:, 1:], slice(None), lambda t: t[:, :-1]),  # shifted the other way
+    "roll": (lambda t: t, slice(None), lambda t: t.roll(-1, dims=1)),  # the last one scores BOS
+    "skip_first": (lambda t: t[:, :-1], slice(1, None), lambda t: t[:, 2:]),
+    "no_last": (lambda t: t[:, :-2], slice(None), lambda t: t[:, 1:-1]),
+}
+
+
+def _sequence_log_prob_math(model: nn.Module, src: Tensor, tgt: Tensor,
+                            src_mask: Tensor | None = None, *,
+                            bug: _LogProbBug = _LogProbBug()) -> Tensor:
+    """log p(tgt | src), written plainly, with switches for common mistakes."""
+    encode_mask = src_mask if bug.mask in ("both", "encode") else None
+    decode_mask = src_mask if bug.mask in ("both", "decode") else None
+    memory = model.encode(src, encode_mask)
+    inputs, positions, targets = _LOG_PROB_SHIFTS[bug.shift]
+    tokens_in = inputs(tgt)
+    logits = model.decode(tokens_in, memory, decode_mask, causal_mask(tokens_in.size(1))).float()
+    if bug.normalize == "log_softmax":
+        scores = F.log_softmax(logits, dim=bug.dim)
+    elif bug.normalize == "softmax":
+        scores = F.softmax(logits, dim=bug.dim)
+    else:
+        scores = logits
+    picked = scores[:, positions].gather(-1, targets(tgt)[..., None]).squeeze(-1)  # (B, T')
+    if bug.reduce == "mean":
+        return picked.mean(dim=-1)
+    if bug.reduce == "prob":
+        return picked.sum(dim=-1).exp()
+    if bug.reduce == "negative":
+        return -picked.sum(dim=-1)
+    return picked.sum(dim=-1)
+
+
+def _log_prob_with(bug: _LogProbBug) -> Callable[[Case], Tensor]:
+    return lambda case: _sequence_log_prob_math(**case.inputs, bug=bug)
+
+
+def _log_prob_mistakes() -> list[Mistake]:
+    def var(**switches: Any) -> Callable[[Case], Tensor]:
+        return _log_prob_with(_LogProbBug(**switches))
+
+    shift = ("the targets are not shifted: the logits at position t score the token that "
+             "follows it, so decode tgt[:, :-1] and score the tokens tgt[:, 1:]")
+    return [
+        _mistake(shift, var(shift="none")),
+        _mistake(shift, var(shift="same")),
+        _mistake(shift, var(shift="own")),
+        _mistake("the shift goes the wrong way: decode tgt[:, :-1] (BOS and the tokens before the "
+                 "last) and score the tokens that follow, tgt[:, 1:]", var(shift="backward")),
+        _mistake("torch.roll wraps around, so the last position scores BOS as if it followed EOS: "
+                 "decode tgt[:, :-1] and score tgt[:, 1:], without the wrap-around",
+                 var(shift="roll")),
+        _mistake("the first token after BOS is not scored: every token after BOS counts, the "
+                 "first one included", var(shift="skip_first")),
+        _mistake("the last token (EOS) is not scored: every token after BOS counts, EOS included",
+                 var(shift="no_last")),
+        _mistake("the logits are summed as they are: turn them into log-probabilities first, "
+                 "F.log_softmax(logits, dim=-1)", var(normalize="none")),
+        _mistake("probabilities are summed: sum the log-probabilities (log_softmax), since "
+                 "log p(y) = sum_t log p(y_t | y_<t, x)", var(normalize="softmax")),
+        _mistake("the log_softmax runs over the positions: normalize over the vocabulary, dim=-1",
+                 var(dim=1)),
+        _mistake("the log_softmax runs over the batch (dim=0): normalize over the vocabulary, "
+                 "dim=-1", var(dim=0)),
+        _mistake("this is the mean over the tokens: the log-probability of a sequence is their "
+                 "sum", var(reduce="mean")),
+        _mistake("this is the probability p(y | x): return its logarithm, the sum of the tokens' "
+                 "log-probabilities", var(reduce="prob")),
+        _mistake("the sign is flipped: this is the negative log-likelihood (what cross_entropy "
+                 "gives); the log-probability is its negative, a number <= 0",
+                 var(reduce="negative")),
+        _mistake("src_mask is ignored: pass it to model.encode and model.decode", var(mask="none")),
+        _mistake("src_mask is passed to model.encode but not to model.decode: the "
+                 "cross-attention must hide the padded source positions too", var(mask="encode")),
+        _mistake("src_mask is passed to model.decode but not to model.encode: the encoder must "
+                 "hide the padded source positions too", var(mask="decode")),
+    ]
+
+
+def _log_prob_cases(g: torch.Generator) -> list[Case]:
+    chapter = _chapter_table()
+    a = chapter.ids
+    table_tgt = torch.tensor([[a["BOS"], a["A"], a["B"], a["EOS"]],
+                              [a["BOS"], a["A"], a["C"], a["EOS"]],
+                              [a["BOS"], a["B"], a["C"], a["EOS"]]])
+    src_t, mask_t = _decoding_sources(g, [5, 2, 4])
+    src_u, _ = _decoding_sources(g, [3, 3])
+    src_v, mask_v = _decoding_sources(g, [2, 4])
+
+    def tgt(B: int, T: int, vocab: int = 9) -> Tensor:
+        t = torch.randint(3, vocab, (B, T), generator=g)
+        t[:, 0], t[:, -1] = 1, 2  # BOS ... EOS
+        return t
+
+    post_ln = _random_transformer(_POST_LN_SEED, norm_first=False)
+    pre_ln = _random_transformer(_PRE_LN_SEED, norm_first=True)
+    cases = [
+        Case("a table model, p(BOS A B EOS) = 0.5 * 0.36 * 1 (nearly)",
+             {"model": chapter, "src": torch.full((3, 1), a["A"]), "tgt": table_tgt}),
+        Case("a random post-LN Transformer, padded sources",
+             {"model": post_ln, "src": src_t, "tgt": tgt(3, 6), "src_mask": mask_t}),
+        Case("a random pre-LN Transformer, no mask",
+             {"model": pre_ln, "src": src_u, "tgt": tgt(2, 4)}),
+        Case("a random pre-LN Transformer, padded sources",
+             {"model": pre_ln, "src": src_v, "tgt": tgt(2, 5), "src_mask": mask_v}),
+    ]
+    for case in cases:
+        case.positional = 3
+    return cases
+
+
+@isolated
+def check_sequence_log_prob(fn: Callable[..., Any], *, seed: int = 0) -> None:
+    """Check ``fn(model, src, tgt, src_mask=None) -> (B,)``, the log-probability
+    :math:`\\log p(y \\mid x) = \\sum_t \\log p(y_t \\mid y_{<t}, x)` of each complete hypothesis
+    ``tgt[b]`` (BOS first; every token after BOS is scored), as
+    :func:`transformer_lib.sequence_log_prob`: a table model whose probabilities are known, and
+    small random Transformers with and without padded sources."""
+    check = "check_sequence_log_prob"
+    cases = _log_prob_cases(torch.Generator().manual_seed(seed))
+
+    def learner(case: Case) -> Any:
+        args, kwargs = case.args()
+        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
+
+    def structure(got: Any, want: Tensor, case: Case) -> str | None:
+        B, T = case.inputs["tgt"].shape
+        if isinstance(got, Tensor) and got.shape in ((B, T - 1), (B, T)):
+            return (f"yours has shape {tuple(got.shape)}, one number per token: sum over the "
+                    f"positions to get one log-probability per sequence, (B,) = ({B},)")
+        if isinstance(got, Tensor) and got.shape in ((B, 1), (1, B)):
+            return f"return shape (B,) = ({B},); yours is {tuple(got.shape)}"
+        return structure_problem(("log-probabilities",), got, want)
+
+    count = run_cases(check, cases, learner, lambda case: sequence_log_prob(**case.inputs),
+                      parts=("log-probabilities",), mistakes=_log_prob_mistakes(),
+                      structure=structure)
+    passed(check, count)
+
+
+register(Spec(check="check_sequence_log_prob",
+              cases=lambda: _log_prob_cases(torch.Generator().manual_seed(0)),
+              reference=_one_thread(_log_prob_with(_LogProbBug())),
+              package=_one_thread(lambda case: sequence_log_prob(**case.inputs)),
+              mistakes=_log_prob_mistakes))
+
+
+# --- one beam step: the best candidates of each source ---
+
+
+def _top_candidates(log_probs: Tensor, next_log_probs: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    B, k, V = next_log_probs.shape
+    scores = (log_probs[:, :, None] + next_log_probs).reshape(B, k * V)  # (B, k, V) -> (B, k * V)
+    top, index = scores.topk(n, dim=-1)  # (B, n), best first
+    return top, index // V, index % V
+
+
+def _top_inputs(case: Case) -> tuple[Tensor, Tensor, int]:
+    i = case.inputs
+    return i["log_probs"], i["next_log_probs"], i["n"]
+
+
+def _top_mistakes() -> list[Mistake]:
+    def last_only(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+        lp, nlp, n = _top_inputs(case)
+        alive = torch.where(torch.isinf(lp), lp, torch.zeros_like(lp))  # -inf rows stay dead
+        return _top_candidates(alive, nlp, n)
+
+    def ranked_by_last(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+        lp, nlp, n = _top_inputs(case)
+        _, beams, tokens = last_only(case)
+        return lp.gather(1, beams) + nlp[torch.arange(nlp.size(0))[:, None], beams, tokens], beams, tokens
+
+    def whole_batch(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+        lp, nlp, n = _top_inputs(case)
+        B, k, V = nlp.shape
+        top, index = (lp[:, :, None] + nlp).reshape(-1).topk(B * n)
+        return top.view(B, n), (index // V % k).view(B, n), (index % V).view(B, n)
+
+    def layout(case: Case, order: str, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        """The top n of one flattening of the candidates, split into beams and tokens one way."""
+        lp, nlp, n = _top_inputs(case)
+        B, k, V = nlp.shape
+        scores = lp[:, :, None] + nlp  # (B, k, V)
+        if order == "token_major":
+            scores = scores.transpose(1, 2)  # (B, V, k)
+        elif order == "batch_mixed":
+            scores = scores.transpose(0, 1)  # (k, B, V): reshaping it mixes the sources
+        top, index = scores.reshape(B, k * V).topk(n, dim=-1)
+        splits = {"right": (index // V, index % V), "by_k": (index % k, index // k),
+                  "div_k": (index // k, index % V), "flat_index": (index // V, index)}
+        return (top, *splits[split])
+
+    def smallest(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+        lp, nlp, n = _top_inputs(case)
+        B, k, V = nlp.shape
+        scores = (lp[:, :, None] + nlp).reshape(B, k * V)
+        scores = scores.masked_fill(torch.isinf(scores), math.inf)
+        top, index = scores.topk(n, dim=-1, largest=False)
+        return top, index // V, index % V
+
+    def worst_first(case: Case) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(part.flip(-1) for part in _top_candidates(*_top_inputs(case)))
+
+    decomposition = ("the flat index of a candidate in the (B, k * V) scores is "
+                     "beam * V + token: beam = index // V, token = index % V")
+    return [
+        _mistake("the candidates are ranked by the new token's log-probability alone: a "
+                 "hypothesis's score is the sum over all its tokens, log_probs[:, :, None] + "
+                 "next_log_probs", last_only),
+        _mistake("the candidates are ranked by the new token's log-probability alone: rank them "
+                 "by their total score, log_probs[:, :, None] + next_log_probs", ranked_by_last),
+        _mistake("the top-k runs over the whole batch, so one source's candidates take another's "
+                 "places: take the top n of each source's k * V candidates, scores.view(B, k * V)"
+                 ".topk(n, dim=-1)", whole_batch),
+        _mistake(decomposition, lambda c: layout(c, "beam_major", "by_k")),
+        _mistake(decomposition, lambda c: layout(c, "beam_major", "div_k")),
+        _mistake("the tokens are the flat indices into the k * V candidates: token = index % V "
+                 "(and beam = index // V)", lambda c: layout(c, "beam_major", "flat_index")),
+        _mistake("the candidates are flattened token-major, (B, V, k) -> (B, V * k), so the flat "
+                 "index is token * k + beam: split it as beam = index % k, token = index // k, "
+                 "or flatten (B, k, V) (index = beam * V + token)",
+                 lambda c: layout(c, "token_major", "right")),
+        _mistake("the reshape to (B, k * V) mixes the sources: the batch axis was moved before "
+                 "the reshape, so a row holds candidates of several sources; reshape the (B, k, V) "
+                 "scores directly", lambda c: layout(c, "batch_mixed", "right")),
+        _mistake("these are the n worst candidates: topk returns the largest by default "
+                 "(largest=True), best first", smallest),
+        _mistake("the n best candidates, but worst first: return them best first, as topk does",
+                 worst_first),
+    ]
+
+
+_TOP_DTYPE_REASONS = {
+    "scores": "the scores are sums of log-probabilities: they keep the float dtype of the inputs "
+              "(float64 inputs give float64 scores)",
+    "beams": "beams are indices of hypotheses: int64 (torch.long), as topk's indices; index // V "
+             "keeps that dtype, while / or torch.div without rounding_mode gives floats",
+    "tokens": "tokens are token ids: int64 (torch.long), as topk's indices; index % V keeps that "
+              "dtype",
+}
+
+
+def _top_cases(g: torch.Generator) -> list[Case]:
+    def case(name: str, B: int, k: int, V: int, n: int, dead: int = 0,
+             offsets: Sequence[float] | None = None, dtype: torch.dtype = torch.float32) -> Case:
+        log_probs = -3.0 * torch.rand(B, k, generator=g)
+        if offsets is not None:
+            log_probs = log_probs + torch.tensor(offsets)[:, None]
+        if dead:
+            log_probs[:, k - dead:] = -math.inf
+        next_log_probs = F.log_softmax(randn(g, B, k, V, std=2.0), dim=-1)
+        return Case(name, {"log_probs": log_probs.to(dtype), "next_log_probs": next_log_probs.to(dtype),
+                           "n": n}, positional=3)
+
+    return [
+        case("B=2 sources, k=3 hypotheses each, V=5, n=3", 2, 3, 5, 3),
+        case("the first step: only hypothesis 0 is live, the others are -inf; n=2k=6", 2, 3, 6, 6,
+             dead=2),
+        case("3 sources with scores on different scales, k=2, V=4, n=4", 3, 2, 4, 4,
+             offsets=[0.0, -6.0, -12.0]),
+        case("one source, one hypothesis (greedy), V=7, n=2", 1, 1, 7, 2),
+        case("k=4, V=3, n=8: the best candidates come from several hypotheses", 2, 4, 3, 8),
+        case("float64 scores, B=2, k=2, V=5, n=4", 2, 2, 5, 4, dtype=torch.float64),
+    ]
+
+
+@isolated
+def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
+    """Check ``fn(log_probs, next_log_probs, n) -> (scores, beams, tokens)``, one step of beam
+    search: ``log_probs (B, k)`` scores the live hypotheses (``-inf``: no hypothesis),
+    ``next_log_probs (B, k, V)`` their next-token log-probabilities; the result holds, for each
+    source, its ``n`` best extensions, best first (each ``(B, n)``):
+    ``scores[b, i] = log_probs[b, beams[b, i]] + next_log_probs[b, beams[b, i], tokens[b, i]]``.
+    The scores keep the inputs' float dtype; beams and tokens are int64.
+    """
+    check = "check_top_candidates"
+    cases = _top_cases(torch.Generator().manual_seed(seed))
+    parts = ("scores", "beams", "tokens")
+
+    def learner(case: Case) -> Any:
+        args, kwargs = case.args()
+        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
+
+    def structure(got: Any, want: Any, case: Case) -> str | None:
+        B, k, V = case.inputs["next_log_probs"].shape
+        n = case.inputs["n"]
+        if isinstance(got, (tuple, list)) and got and isinstance(got[0], Tensor):
+            if got[0].shape in ((B, k, n), (B * k, n)) and k > 1:
+                return (f"the scores have shape {tuple(got[0].shape)}: that is the top n of each "
+                        f"hypothesis; flatten each source's candidates to (B, k * V) first, so the "
+                        f"n best of a source can come from any of its hypotheses")
+        problem = structure_problem(parts, got, want, dtype_reasons=_TOP_DTYPE_REASONS)
+        if problem is None:
+            scores, beams, tokens = got
+            if close(beams, want[2]) and close(tokens, want[1]) and not close(beams, want[1]):
+                return ("return (scores, beams, tokens) in this order: yours returns the tokens "
+                        "where the beams go, and the beams where the tokens go")
+            if bool(((beams < 0) | (beams >= k)).any()) or bool(((tokens < 0) | (tokens >= V)).any()):
+                return (f"beams must be in [0, k) = [0, {k}) and tokens in [0, V) = [0, {V}): "
+                        f"split the flat index into beam = index // V and token = index % V")
+        return problem
+
+    def hints(got: Any, want: Any, case: Case) -> str | None:
+        scores, beams, tokens = got
+        lp, nlp = case.inputs["log_probs"], case.inputs["next_log_probs"]
+        B, k, V = nlp.shape
+        candidates = (lp[:, :, None] + nlp).reshape(B, k * V)
+        for b in range(B):
+            for value in scores[b].tolist():
+                if not bool(torch.isclose(candidates[b], torch.tensor(value, dtype=candidates.dtype),
+                                          atol=1e-5).any()):
+                    return (f"source {b} got a score that is not the total of any of its own "
+                            f"candidates, log_probs[b, j] + next_log_probs[b, j, v]: return the "
+                            f"totals of the candidates chosen, each source's own (the top n of "
+                            f"its row of scores.view(B, k * V))")
+        if close(scores, want[0]) and not (close(beams, want[1]) and close(tokens, want[2])):
+            return ("the scores are right but not the beams or tokens they come from: with "
+                    "index in [0, k * V), beam = index // V and token = index % V")
+        if close(scores.sort(dim=-1, descending=True).values, want[0]):
+            return "the right candidates, in the wrong order: return them best first"
+        return None
+
+    count = run_cases(check, cases, learner, lambda case: _top_candidates(**case.inputs),
+                      parts=parts, mistakes=_top_mistakes(), structure=structure, hints=hints)
+    passed(check, count)
+
+
+register(Spec(check="check_top_candidates", cases=lambda: _top_cases(torch.Generator().manual_seed(0)),
+              reference=lambda case: _top_candidates(**case.inputs),
+              package=lambda case: _top_candidates(**case.inputs), mistakes=_top_mistakes))
+
+
+# --- beam search ---
+
+
+@dataclass(frozen=True)
+class _BeamBug:
+    """Switches for the mistakes the beam search check knows (all off: the right answer)."""
+
+    all_live: bool = False  # all k start rows live at score 0: the beam fills with duplicates
+    last_token: bool = False  # a hypothesis is scored by its last token's log-probability only
+    raw_logits: bool = False  # the scores add up raw logits (no log_softmax)
+    extend_finished: str = ""  # "untrimmed" / "trimmed": EOS is an ordinary token
+    flat_topk: bool = False  # one top-k over the whole batch's B * k * V candidates
+    no_reorder: bool = False  # row j keeps its own prefix and gets the token chosen for slot j
+    beam_as_row: bool = False  # a candidate continues row `beam` (source 0's), not b * k + beam
+    layout: str = "interleave"  # "tiled": memory and mask repeat(k) (row r reads source r % B);
+    # "tiled_mask": the memory is interleaved but the mask tiled
+    reorder_memory: bool = False  # memory and mask rows follow the chosen rows (a no-op if right)
+    every_eos: bool = False  # every EOS among the top 2k is set aside, even below the k-th live
+    top_k_only: bool = False  # only the top k candidates: the beam shrinks when some finish
+    stop: str = "exact"  # "first": at the first finished; "k_finished"; "raw_bound" (the best live
+    # log p, not divided); "bound_t" (divided by lp(t), the current length, not lp(max_len))
+    pick: str = "best"  # "last_finished", "live" (the best live hypothesis of the last step),
+    # "final_row" (row b * k of the beam when the loop ends), "finished_only"
+    penalty: str = "ok"  # "ignored", "mean" (log p / |y|), "multiply", "with_bos" (|y| + 1),
+    # "without_eos" (|y| - 1 for a hypothesis ending with EOS), "twice" (divided again when the
+    # best is picked), "each_step" (the running score is divided by lp(t) at every step),
+    # "finished_raw" (a hypothesis that ends with EOS is not divided; the live ones at max_len are)
+    ignore_mask: bool = False
+    steps: int = 0  # the loop runs max_len + steps steps (the penalties still use max_len)
+
+
+def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+               beam_size: int = 4, src_mask: Tensor | None = None, length_alpha: float = 0.0,
+               *, bug: _BeamBug = _BeamBug()) -> list[Tensor]:
+    """Beam search, written plainly with Python lists, with switches for common mistakes."""
+    B, k = src.size(0), beam_size
+    alpha = 0.0 if bug.penalty == "ignored" else length_alpha
+
+    def lp(length: int) -> float:
+        return length_penalty(length, alpha)
+
+    def finished_score(total: float, length: int) -> float:
+        """The score of a hypothesis that ends with EOS after ``length`` generated tokens."""
+        if bug.penalty == "mean":
+            return total / length
+        if bug.penalty == "multiply":
+            return total * lp(length)
+        if bug.penalty in ("each_step", "finished_raw"):
+            return total  # divided already; not divided at all
+        return total / lp(length + {"with_bos": 1, "without_eos": -1}.get(bug.penalty, 0))
+
+    def live_score(total: float) -> float:
+        """The score of a live hypothesis when max_len is reached."""
+        if bug.penalty in ("without_eos", "finished_raw"):
+            return total / lp(max_len)  # it has no EOS to leave out; it is divided
+        return finished_score(total, max_len)
+
+    def bound(best_live: float, t: int) -> float:
+        """The best score a live hypothesis can still reach (the stopping rule)."""
+        if bug.stop == "raw_bound":
+            return best_live
+        if bug.stop == "bound_t":
+            return best_live / lp(t)
+        if bug.penalty == "each_step":
+            return best_live / lp(max_len)
+        return live_score(best_live)
+
+    mask = None if src_mask is None or bug.ignore_mask else src_mask.expand(B, 1, 1, src.size(1))
+    memory = model.encode(src, mask)
+    interleaved, tiled = torch.arange(B).repeat_interleave(k), torch.arange(B).repeat(k)
+    memory = memory[tiled if bug.layout == "tiled" else interleaved]
+    mask = None if mask is None else mask[interleaved if bug.layout == "interleave" else tiled]
+    hyps = [[bos_id] for _ in range(B * k)]
+    scores = [[0.0 if j == 0 or bug.all_live else -math.inf for j in range(k)] for _ in range(B)]
+    finished: list[list[tuple[float, list[int], int]]] = [[] for _ in range(B)]  # score, ids, |y|
+    active = [True] * B
+    top_live: list[list[int] | None] = [None] * B
+    for t in range(1, max_len + bug.steps + 1):
+        logits = model.decode(torch.tensor(hyps), memory, mask, causal_mask(t))[:, -1].float()
+        step = logits if bug.raw_logits else F.log_softmax(logits, dim=-1)  # (B * k, V)
+        n = min((1 if bug.top_k_only else 2) * k, k * step.size(-1))
+        per_source = []
+        for b in range(B):
+            candidates = []
+            for j in range(k):
+                if scores[b][j] == -math.inf:
+                    continue
+                for v, value in enumerate(step[b * k + j].tolist()):
+                    total = value if bug.last_token else scores[b][j] + value
+                    if bug.penalty == "each_step":
+                        total /= lp(t)
+                    candidates.append((total, b * k + j, v))
+            per_source.append(sorted(candidates, key=lambda c: -c[0]))
+        if bug.flat_topk:  # one ranking of the whole batch, cut into B pieces of n
+            ranked = sorted((c for cs in per_source for c in cs), key=lambda c: -c[0])[: B * n]
+            per_source = [ranked[b * n:(b + 1) * n] for b in range(B)]
+        else:
+            per_source = [cs[:n] for cs in per_source]
+        new_hyps: list[list[int]] = []
+        new_rows: list[int] = []  # the row each new row continues
+        new_scores = [[-math.inf] * k for _ in range(B)]
+        for b in range(B):
+            chosen = 0
+            for total, row, v in per_source[b]:
+                if not active[b] or (chosen == k and not bug.every_eos):
+                    break
+                if bug.beam_as_row:
+                    row -= b * k
+                if v == eos_id and not bug.extend_finished:
+                    finished[b].append((finished_score(total, t), hyps[row] + [v], t))
+                    continue
+                if chosen == k:
+                    continue
+                new_hyps.append(hyps[b * k + chosen if bug.no_reorder else row] + [v])
+                new_rows.append(row)
+                new_scores[b][chosen] = total
+                chosen += 1
+            while chosen < k:  # dead rows
+                new_hyps.append(hyps[b * k] + [eos_id])
+                new_rows.append(b * k)
+                chosen += 1
+            if not active[b]:
+                continue
+            live = max(new_scores[b])
+            if live > -math.inf:
+                top_live[b] = new_hyps[b * k + new_scores[b].index(live)]
+            if not finished[b]:
+                continue
+            best = max(f[0] for f in finished[b])
+            if bug.stop == "first" or (bug.stop == "k_finished" and len(finished[b]) >= k):
+                active[b] = False
+            elif bug.stop in ("exact", "raw_bound", "bound_t") and best >= bound(live, t):
+                active[b] = False
+        if not any(active):
+            break
+        hyps, scores = new_hyps, new_scores
+        if bug.reorder_memory:
+            memory, mask = memory[new_rows], None if mask is None else mask[new_rows]
+    else:
+        for b in range(B):
+            if active[b] and bug.pick != "finished_only":
+                finished[b] += [(live_score(s), hyps[b * k + j], max_len)
+                                for j, s in enumerate(scores[b]) if s > -math.inf]
+    out = []
+    for b in range(B):
+        if bug.pick == "live" and top_live[b] is not None:
+            tokens = top_live[b]
+        elif bug.pick == "final_row":
+            tokens = hyps[b * k]
+        elif bug.pick == "last_finished" and finished[b]:
+            tokens = finished[b][-1][1]
+        elif finished[b]:
+            again = bug.penalty == "twice"  # divided by lp(|y|) once more when picking
+            tokens = max(finished[b], key=lambda f: f[0] / lp(f[2]) if again else f[0])[1]
+        else:
+            tokens = hyps[b * k]
+        if bug.extend_finished == "trimmed" and eos_id in tokens[1:]:
+            tokens = tokens[: tokens.index(eos_id, 1) + 1]
+        out.append(torch.tensor(tokens))
+    return out
+
+
+def _beam_with(bug: _BeamBug, **changed: Any) -> Callable[[Case], list[Tensor]]:
+    """The beam search of a case's inputs (some of them ``changed``) with ``bug``."""
+    def run(case: Case) -> list[Tensor]:
+        args, kwargs = _decoding_args(Case(case.name, {**case.inputs, **changed}))
+        return _beam_math(*args, **kwargs, bug=bug)
+    return run
+
+
+def _beam_reference(case: Case) -> list[Tensor]:
+    return _beam_with(_BeamBug())(case)
+
+
+def _beam_package(case: Case) -> list[Tensor]:
+    args, kwargs = _decoding_args(case)
+    return beam_search(*args, **kwargs)
+
+
+def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
+    """The known mistakes of beam search; with ``penalty``, those of the length penalty too."""
+    def var(**switches: Any) -> Callable[[Case], list[Tensor]]:
+        return _beam_with(_BeamBug(**switches))
+
+    def both(message: str, **switches: Any) -> list[Mistake]:
+        """A mistake in code that reorders memory and src_mask with the hypotheses (as chapter
+        6's cache must be), and in code that leaves them be."""
+        return [_mistake(message, var(**switches)), _mistake(message, var(**switches, reorder_memory=True))]
+
+    def greedy(case: Case) -> list[Tensor]:
+        i = case.inputs
+        return _greedy_math(i["model"], i["src"], i["max_len"], i["bos_id"], i["eos_id"],
+                            i.get("src_mask"))
+
+    def shorter(case: Case) -> list[Tensor]:
+        return _beam_with(_BeamBug(), max_len=case.inputs["max_len"] - 1)(case)
+
+    extended = ("finished hypotheses are extended: a hypothesis that emits EOS is finished; set it "
+                "aside (with its score) and keep k live hypotheses in the beam")
+    short = ("the search runs one step short: max_len counts the tokens generated after BOS, so "
+             "the steps are t = 1 ... max_len (range(1, max_len + 1)), and a hypothesis may need "
+             "all max_len of them")
+    one_hypothesis = (
+        "your answers are those of a beam of one hypothesis, greedy decoding's: either all k "
+        "hypotheses start live (at the first step the beam then holds k copies of BOS, and fills "
+        "with copies of one hypothesis; start each source with one live hypothesis: scores 0 for "
+        "the first row and -inf for the other k - 1, log_probs[:, 1:] = -inf), or beam_size is "
+        "not used")
+    mistakes = [
+        *[_mistake(one_hypothesis, output) for output in (
+            var(all_live=True), _beam_with(_BeamBug(), beam_size=1), greedy)],
+        _mistake("the hypotheses are ranked by the log-probability of their last token: a "
+                 "hypothesis's score is the running sum over its tokens, log_probs[:, :, None] + "
+                 "next_log_probs", var(last_token=True)),
+        _mistake("the scores add up raw logits: turn each step's logits into log-probabilities "
+                 "first, F.log_softmax(logits[:, -1], dim=-1); a logit is a log-probability only "
+                 "up to a constant that differs from prefix to prefix", var(raw_logits=True)),
+        _mistake(extended, var(extend_finished="trimmed")),
+        _mistake(extended, var(extend_finished="untrimmed")),
+        *both("the top-k runs over the whole batch, so the hypotheses of different sources are "
+              "mixed: take each source's best candidates among its own k * V, "
+              "scores.view(B, k * V).topk(..., dim=-1)", flat_topk=True),
+        *both("a candidate's beam is its hypothesis's index within its source (0 ... k - 1): the "
+              "row it continues is b * k + beam, not beam (which is a row of source 0)",
+              beam_as_row=True),
+        *both("the rows of memory do not line up with the hypotheses: row b * k + j belongs to "
+              "source b, so expand memory (and src_mask) with repeat_interleave(k, dim=0); "
+              "repeat(k, 1, 1) tiles the batch and gives row r the memory of source r % B",
+              layout="tiled"),
+        *both("src_mask is tiled with repeat while the memory uses repeat_interleave, so a row "
+              "reads its own source's memory through another source's mask: expand src_mask "
+              "with repeat_interleave(k, dim=0) too", layout="tiled_mask"),
+        _mistake("the rows are not reordered after the selection: the new beam's row j must "
+                 "continue the hypothesis its candidate came from, tokens = "
+                 "torch.cat([tokens[rows], new_tokens[:, None]], dim=1), not the hypothesis that "
+                 "was in row j", var(no_reorder=True)),
+        _mistake("the search stops at the first hypothesis that finishes: a live hypothesis may "
+                 "still beat it. Go on until the best finished score is at least the best live "
+                 "log-probability (divided by lp(max_len)), or until max_len", var(stop="first")),
+        _mistake("the search stops when k hypotheses have finished, but a live one can still "
+                 "beat them: go on until the best finished score is at least the best live "
+                 "log-probability (divided by lp(max_len)), or until max_len",
+                 var(stop="k_finished")),
+        _mistake("you return the last hypothesis to finish: return the finished hypothesis with "
+                 "the best score", var(pick="last_finished")),
+        _mistake("you return a hypothesis of the beam, not the best finished one: hypotheses "
+                 "that end with EOS are set aside as finished, and the answer is the best of them "
+                 "(live hypotheses count only when max_len is reached)", var(pick="live")),
+        _mistake("you return the first row of each source's final beam (row b * k): the answer "
+                 "is the best finished hypothesis, among those set aside when they ended with EOS "
+                 "(and, when max_len is reached, the live ones)", var(pick="final_row")),
+        _mistake("when max_len is reached, the live hypotheses count as finished too (scored "
+                 "with lp(max_len)): the best of them can beat every hypothesis that ended with "
+                 "EOS", var(pick="finished_only")),
+        _mistake("every EOS among the 2k candidates is set aside as finished, even one ranked "
+                 "below the k-th live candidate: go through the candidates best first and stop "
+                 "as soon as k live ones are chosen (with beam_size=1, beam search must give "
+                 "greedy decoding's answer)", var(every_eos=True)),
+        _mistake("finished hypotheses are scored by their mean log-probability, log p / |y|: the "
+                 "score is log p / lp(|y|) with lp(|y|) = ((5 + |y|) / 6) ** length_alpha, which "
+                 "is 1 when length_alpha=0 (no length normalization)", var(penalty="mean")),
+        _mistake("your search finds answers that only a beam of more than beam_size hypotheses "
+                 "finds (a beam of 4, the default, finds them): is beam_size used? Keep "
+                 "beam_size live hypotheses per source", _beam_with(_BeamBug(), beam_size=4)),
+        _mistake("src_mask is ignored: pass it to model.encode, and (one row per hypothesis, "
+                 "repeat_interleave(k, dim=0)) to model.decode", var(ignore_mask=True)),
+        _mistake(short, var(steps=-1)),
+        _mistake(short, shorter),
+        _mistake("the search runs one step too many: max_len counts the tokens generated after "
+                 "BOS, so the steps are t = 1 ... max_len (range(1, max_len + 1))", var(steps=1)),
+    ]
+    if penalty:
+        mistakes += [
+            _mistake("only the top k candidates are considered, so the beam shrinks when some "
+                     "of them end with EOS: go through the top 2k, so that k live hypotheses "
+                     "remain after the finished are set aside", var(top_k_only=True)),
+            _mistake("length_alpha is ignored: a finished hypothesis scores log p / lp(|y|), "
+                     "lp(|y|) = length_penalty(|y|, length_alpha)", var(penalty="ignored")),
+            _mistake("the length penalty multiplies the log-probability; divide by it: "
+                     "log p / lp(|y|)", var(penalty="multiply")),
+            _mistake("the length |y| counts BOS: it counts the generated tokens, EOS included (a "
+                     "hypothesis that finishes at step t has |y| = t)", var(penalty="with_bos")),
+            _mistake("the length |y| leaves out EOS: it counts the generated tokens, EOS included "
+                     "(a hypothesis that finishes at step t has |y| = t)",
+                     var(penalty="without_eos")),
+            _mistake("the scores are divided by the length penalty twice (once when a hypothesis "
+                     "finishes, again when the best is picked): divide log p by lp(|y|) once",
+                     var(penalty="twice")),
+            _mistake("the running scores are divided by the length penalty at every step, so "
+                     "earlier tokens are divided again and again: keep the plain sum of "
+                     "log-probabilities in the beam, and divide by lp(|y|) once, when a hypothesis "
+                     "finishes (or at max_len)", var(penalty="each_step")),
+            *[_mistake("the stopping rule underestimates what a live hypothesis can still reach: "
+                       "it may grow to max_len tokens, and lp grows with the length, so its best "
+                       "possible score is its log p / lp(max_len); stop when the best finished "
+                       "score is at least best live log p / lp(max_len)", var(stop=stop))
+              for stop in ("raw_bound", "bound_t")],
+            _mistake("the hypotheses that end with EOS are not divided by the length penalty: "
+                     "score each finished hypothesis log p / lp(|y|), as the live ones at max_len "
+                     "(log p / lp(max_len))", var(penalty="finished_raw")),
+        ]
+    return mistakes
+
+
 def _late_table() -> _TableModel:
-    """Hypotheses finish early, but a live one beats them later: the stopping rule matters."""
+    """Hypotheses finish early, but a live one beats them later: the stopping rule matters. J:
+    EOS ranks third at the first step, below the k = 2 live candidates, and would beat every
+    hypothesis that follows them (it is no candidate in beam search)."""
     return _table_model(_TABLE_NAMES, A={
         "BOS": {"A": 0.4, "EOS": 0.31, "B": 0.29},
         "BOS A": {"C": 0.9, "EOS": 0.1},
@@ -992,6 +1274,12 @@ def _late_table() -> _TableModel:
         "BOS D": {"EOS": 0.45, "F": 0.55},
         "BOS E": {"EOS": 0.8, "F": 0.2},
         "BOS D F": {"E": 0.8, "EOS": 0.2},
+    }, J={
+        "BOS": {"J": 0.36, "K": 0.33, "EOS": 0.31},
+        "BOS J": {"K": 0.55, "J": 0.45},
+        "BOS K": {"K": 0.65, "J": 0.35},
+        "BOS J K": {"EOS": 0.9, "L": 0.1},
+        "BOS K K": {"EOS": 0.9, "L": 0.1},
     })
 
 
@@ -1021,6 +1309,17 @@ def _length_table() -> _TableModel:
     })
 
 
+# the winner with a length penalty, K K K EOS, ranks below an EOS candidate at the first step: it
+# survives only if k live hypotheses are kept besides the finished ones
+_EOS_FIRST = {
+    "BOS": {"J": 0.5, "EOS": 0.3, "K": 0.2},
+    "BOS J": {"J": 0.28, "K": 0.27, "L": 0.25, "EOS": 0.2},
+    "BOS K": {"K": 0.99, "EOS": 0.01},
+    "BOS K K": {"K": 0.99, "EOS": 0.01},
+    "BOS K K K": {"EOS": 0.99, "K": 0.01},
+}
+
+
 def _penalty_table() -> _TableModel:
     """Three sources for length_alpha=1. D: the long answer is a little more probable than the
     short one, and wins unless the penalty multiplies the log-probability. G: the long answer
@@ -1035,43 +1334,74 @@ def _penalty_table() -> _TableModel:
         "BOS": {"G": 0.6, "EOS": 0.4},
         "BOS G": {"H": 0.55, "I": 0.45},
         "BOS G H": {"EOS": 0.912, "I": 0.088},
-    }, J={
-        "BOS": {"J": 0.5, "EOS": 0.3, "K": 0.2},
-        "BOS J": {"J": 0.28, "K": 0.27, "L": 0.25, "EOS": 0.2},
-        "BOS K": {"K": 0.99, "EOS": 0.01},
-        "BOS K K": {"K": 0.99, "EOS": 0.01},
-        "BOS K K K": {"EOS": 0.99, "K": 0.01},
+    }, J=_EOS_FIRST)
+
+
+def _shorter_wins_table() -> _TableModel:
+    """Sources whose short answer (X EOS) must beat a long one (X Y Z EOS) with the length
+    penalty: with length_alpha=1, A's long answer wins if the penalty is divided twice, if |y|
+    leaves EOS out, or if the score is the mean; D's only if the penalty is divided twice or the
+    score is the mean."""
+    return _table_model(_TABLE_NAMES, A={
+        "BOS": {"A": 0.9, "B": 0.1},
+        "BOS A": {"EOS": 0.5, "B": 0.433, "C": 0.067},
+        "BOS A B": {"C": 0.95, "EOS": 0.05},
+        "BOS A B C": {"EOS": 0.95, "D": 0.05},
+    }, D={
+        "BOS": {"D": 0.9, "E": 0.1},
+        "BOS D": {"EOS": 0.5, "E": 0.399, "F": 0.101},
+        "BOS D E": {"F": 0.99, "EOS": 0.01},
+        "BOS D E F": {"EOS": 0.85, "G": 0.15},
     })
 
 
-def _beam_cases(g: torch.Generator, penalty: bool) -> list[Case]:
-    def case(name: str, model: nn.Module, src: Tensor, max_len: int, beam_size: int,
-             src_mask: Tensor | None = None, length_alpha: float | None = None) -> Case:
-        inputs = {"model": model, "src": src, "max_len": max_len, "bos_id": 1, "eos_id": 2,
-                  "beam_size": beam_size, "src_mask": src_mask}
-        if length_alpha is not None:
-            inputs["length_alpha"] = length_alpha
-        return Case(name, inputs)
+def _squared_penalty_table() -> _TableModel:
+    """Sources for length_alpha=2, a short answer (X EOS) against a long one (X Y Z EOS): A's
+    short one wins, but not if |y| leaves EOS out; D's long one wins, but not if |y| counts BOS;
+    G's short one wins, but not if the score is the mean or the penalty is divided twice. J:
+    the winner ranks below an EOS candidate at the first step."""
+    return _table_model(_TABLE_NAMES, A={
+        "BOS": {"A": 0.9, "B": 0.1},
+        "BOS A": {"EOS": 0.5, "B": 0.312, "C": 0.188},
+        "BOS A B": {"C": 0.95, "EOS": 0.05},
+        "BOS A B C": {"EOS": 0.95, "D": 0.05},
+    }, D={
+        "BOS": {"D": 0.9, "E": 0.1},
+        "BOS D": {"EOS": 0.5, "E": 0.343, "F": 0.157},
+        "BOS D E": {"F": 0.95, "EOS": 0.05},
+        "BOS D E F": {"EOS": 0.95, "G": 0.05},
+    }, G={
+        "BOS": {"G": 0.9, "H": 0.1},
+        "BOS G": {"EOS": 0.5, "H": 0.270, "I": 0.230},
+        "BOS G H": {"I": 0.95, "EOS": 0.05},
+        "BOS G H I": {"EOS": 0.95, "J": 0.05},
+    }, J=_EOS_FIRST)
 
-    def sources(model: _TableModel, *names: str) -> Tensor:
-        return torch.tensor([[model.ids[n], 0] for n in names])
 
+def _beam_cases(g: torch.Generator, penalty: bool = True) -> list[Case]:
     chapter, three, late = _chapter_table(), _three_sources_table(), _late_table()
     eos_second, lengths, penalties = _eos_second_table(), _length_table(), _penalty_table()
+    shorter, squared = _shorter_wins_table(), _squared_penalty_table()
     src_t, mask_t = _decoding_sources(g, [6, 4, 2])
     src_u, mask_u = _decoding_sources(g, [3, 5])
     post_ln = _random_transformer(_POST_LN_SEED, norm_first=False)
     pre_ln = _random_transformer(_PRE_LN_SEED, norm_first=True)
+
+    def case(name: str, model: nn.Module, src: Tensor, max_len: int, beam_size: int,
+             src_mask: Tensor | None = None, length_alpha: float | None = None) -> Case:
+        more = {} if length_alpha is None else {"length_alpha": length_alpha}
+        return _case(name, model, src, max_len, src_mask, beam_size=beam_size, **more)
+
     cases = [
-        case("a table model where greedy decoding misses the most probable sequence", chapter,
-             sources(chapter, "A"), 5, 2),
         case("a table model, 3 sources with their own answers (the last one never ends)", three,
-             sources(three, "A", "D", "G"), 4, 2),
+             _sources(three, "A", "D", "G"), 4, 2),
+        case("a table model where greedy decoding misses the most probable sequence", chapter,
+             _sources(chapter, "A"), 5, 2),
         case("a table model where hypotheses finish before the best one", late,
-             sources(late, "A", "D"), 5, 2),
+             _sources(late, "A", "D", "J"), 5, 2),
         case("a table model, beam_size=1 (greedy decoding)", eos_second,
-             sources(eos_second, "A"), 5, 1),
-        case("a table model, answers of different lengths", lengths, sources(lengths, "A", "D"),
+             _sources(eos_second, "A"), 5, 1),
+        case("a table model, answers of different lengths", lengths, _sources(lengths, "A", "D"),
              5, 2),
         case("a random post-LN Transformer, 3 padded sources", post_ln, src_t, 6, 3, mask_t),
         case("a random pre-LN Transformer, 2 padded sources, beam_size=1", pre_ln, src_u, 5, 1,
@@ -1082,13 +1412,17 @@ def _beam_cases(g: torch.Generator, penalty: bool) -> list[Case]:
     if penalty:
         cases += [
             case("a table model, length_alpha=1: the long answer wins", lengths,
-                 sources(lengths, "A"), 5, 2, length_alpha=1.0),
+                 _sources(lengths, "A"), 5, 2, length_alpha=1.0),
             case("a table model, length_alpha=1: the stopping rule", lengths,
-                 sources(lengths, "D"), 5, 2, length_alpha=1.0),
+                 _sources(lengths, "D"), 5, 2, length_alpha=1.0),
             case("a table model, length_alpha=1: what the length counts", penalties,
-                 sources(penalties, "D", "G", "J"), 5, 2, length_alpha=1.0),
+                 _sources(penalties, "D", "G", "J"), 5, 2, length_alpha=1.0),
             case("a random post-LN Transformer, length_alpha=0.8", post_ln, src_t, 6, 3, mask_t,
                  length_alpha=0.8),
+            case("a table model, length_alpha=1: the shorter answers still win", shorter,
+                 _sources(shorter, "A", "D"), 5, 2, length_alpha=1.0),
+            case("a table model, length_alpha=2: short and long answers", squared,
+                 _sources(squared, "A", "D", "G", "J"), 5, 2, length_alpha=2.0),
         ]
     return cases
 
@@ -1113,32 +1447,18 @@ def check_beam_search(fn: Callable[..., Any], *, seed: int = 0) -> None:
     finish before the best one, ``beam_size=1`` (which must be greedy decoding); and small
     random :class:`transformer_lib.Transformer` s with padded sources. If ``fn`` takes a
     ``length_alpha`` argument (the length penalty :func:`transformer_lib.length_penalty`), cases
-    with ``length_alpha > 0`` run too.
+    with ``length_alpha > 0`` run too: some where the longer answer must win, some where the
+    shorter one must still win.
     """
     check = "check_beam_search"
-    g = torch.Generator().manual_seed(seed)
     penalty = _takes_length_alpha(fn)
-    cases = _beam_cases(g, penalty)
-
-    def learner(case: Case) -> Any:
-        args, kwargs = _decoding_args(case)
-        return call_learner(check, f"running {case.where}", fn, *args, **kwargs)
-
-    def reference(case: Case) -> list[Tensor]:
-        args, kwargs = _decoding_args(case)
-        return beam_search(*args, **kwargs, use_cache=False)
-
-    def var(bug: _BeamBug) -> Callable[[Case], Any]:
-        def run(case: Case) -> list[Tensor]:
-            args, kwargs = _decoding_args(case)
-            return _beam_math(*args, **kwargs, bug=bug)
-        return run
-
-    variants = [(d, var(bug)) for d, bug in _BEAM_VARIANTS + (_PENALTY_VARIANTS if penalty else [])]
-    count = _run_decoding(check, cases, learner, reference, variants,
-                          lambda got, want, case: _sequence_symptoms(got, want, case, beam=True),
-                          log_probs=True)
+    cases = _beam_cases(torch.Generator().manual_seed(seed), penalty)
+    count = _run_decoder(check, fn, cases, _beam_package, _beam_mistakes(penalty), beam=True)
     note = "" if penalty else " (your function takes no length_alpha: the length penalty is not checked)"
     print(f"{check}: all {count} cases pass{note}")
 
 
+register(Spec(check="check_beam_search", cases=lambda: _beam_cases(torch.Generator().manual_seed(0)),
+              reference=_one_thread(_beam_reference), package=_one_thread(_beam_package),
+              mistakes=_beam_mistakes,
+              agree=_same_seqs))
