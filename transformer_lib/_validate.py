@@ -1,8 +1,8 @@
 """Argument checks that several modules share. Hand-written (not generated from a chapter).
 
 Its source is this file. The chapters' modules import these checks from here, so that one mistake
-gets one message wherever it is made: ``multihead.py`` (chapter 2), ``encoder.py`` (chapter 4),
-``decoder.py`` (chapter 5) and ``model.py`` (chapter 6). Each check raises a ``ValueError`` (a
+gets one message wherever it is made: ``attention.py`` (chapter 1), ``multihead.py`` (chapter 2),
+``encoder.py`` (chapter 4), ``decoder.py`` (chapter 5) and ``model.py`` (chapter 6). Each check raises a ``ValueError`` (a
 ``TypeError`` for a wrong type) that names the argument and says what it should be.
 
 The names are public; the module's leading underscore says that it is the package's plumbing,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lib._validate import check_mask
+
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
     """A mask that lets each position attend to itself and to earlier positions only.
@@ -55,24 +57,6 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     return (tokens != pad_id)[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
 
 
-def _check_mask(name: str, mask: Tensor | None, shape: torch.Size, letters: str) -> None:
-    """A mask is ``None`` or a bool tensor that broadcasts to ``shape``, spelled ``letters``."""
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
-                         f"convert a 0/1 mask with mask.bool()")
-    try:
-        fits = torch.broadcast_shapes(mask.shape, shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {letters} = "
-                         f"{tuple(shape)}")
-
-
 def _check_attention_args(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
                           dropout_p: float) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
@@ -98,7 +82,7 @@ def _check_attention_args(query: Tensor, key: Tensor, value: Tensor, mask: Tenso
         raise ValueError(f"query, key and value must have broadcastable batch dimensions, got "
                          f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}") from None
     scores_shape = torch.Size((*batch, query.shape[-2], key.shape[-2]))
-    _check_mask("mask", mask, scores_shape, "the attention scores' shape (..., T, S)")
+    check_mask("mask", mask, scores_shape, "the attention scores' shape (..., T, S)")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p}")
 

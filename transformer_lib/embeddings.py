@@ -193,7 +193,8 @@ class LearnedPositionalEmbedding(nn.Module):
         P \in \mathbb{R}^{max\_len \times d_{model}} \text{ learned}
 
     Positions ``>= max_len`` have no vector: there is nothing to extrapolate with. ``P`` is
-    initialized with standard deviation 0.02, as in GPT-2.
+    initialized with standard deviation 0.02, the value nanoGPT and Hugging Face's GPT-2 use for
+    every embedding table (OpenAI's GPT-2 code uses 0.01 for its position table).
 
     Args:
         max_len: the number of positions with a vector (the context length).

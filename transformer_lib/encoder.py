@@ -171,9 +171,9 @@ class EncoderLayer(nn.Module):
             x: ``(B, S, D)``.
             mask: bool, broadcastable to ``(B, H, S, S)``, ``True`` = may attend; usually
                 ``padding_mask(src, pad_id)`` of shape ``(B, 1, 1, S)``.
-            is_causal: attend to earlier positions only, as ``mask=causal_mask(S)`` would, on
-                the fused kernel's causal path (see :class:`MultiHeadAttention`); not
-                together with ``mask``.
+            is_causal: attend to earlier positions only, as ``mask=causal_mask(S)`` would,
+                passed to ``F.scaled_dot_product_attention`` as a flag (see
+                :class:`MultiHeadAttention`); not together with ``mask``.
             cache: the self-attention's cache, for running a few new positions at a time
                 (chapter 8's KV cache): ``x`` holds only the new positions, which also attend to
                 the cached ones (see :class:`MultiHeadAttention`).

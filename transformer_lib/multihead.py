@@ -46,8 +46,8 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, H * Dh)  # (B, H, T, Dh) -> (B, T, H, Dh) -> (B, T, D)
 
 
-def _fused_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
-                     dropout_p: float, is_causal: bool = False) -> Tensor:
+def _fast_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                    dropout_p: float, is_causal: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention`` with our rule for queries that may attend to nothing.
 
     Shapes as in :func:`scaled_dot_product_attention`: query ``(B, H, T, Dh)``, key and value
@@ -125,13 +125,14 @@ class MultiHeadAttention(nn.Module):
                 output zeros (and the layer outputs ``out_proj``'s bias).
             need_weights: also return the attention weights of every head. This takes the
                 readable path (chapter 1's ``scaled_dot_product_attention``); without it the
-                layer calls the fused ``F.scaled_dot_product_attention``, which gives the same
-                numbers without storing the ``(B, H, T, S)`` weights.
+                layer calls ``F.scaled_dot_product_attention``, which gives the same numbers
+                and, when it dispatches to a fused kernel, does not store the ``(B, H, T, S)``
+                weights.
             is_causal: self-attention with the causal mask: the same as
-                ``mask=causal_mask(T)``, but the fused kernel gets it as a flag and skips the
-                masked blocks without reading a mask. Needs ``T == S`` and ``mask=None`` (to
-                combine it with padding, pass ``causal_mask(T) & padding_mask(...)`` as
-                ``mask``).
+                ``mask=causal_mask(T)``, but ``F.scaled_dot_product_attention`` gets it as a
+                flag, so a fused kernel skips the masked blocks without reading a mask. Needs
+                ``T == S`` and ``mask=None`` (to combine it with padding, pass
+                ``causal_mask(T) & padding_mask(...)`` as ``mask``).
             cache: the keys and values of earlier calls, for decoding a few positions at a
                 time (chapter 6's :class:`~transformer_lib.decoding.AttentionCache`). The new
                 positions' keys and values are added to it and the queries attend to all of
@@ -175,7 +176,7 @@ class MultiHeadAttention(nn.Module):
         else:  # q, k and v come from our projections: only a mask can be wrong
             check_mask("mask", mask, torch.Size((B, self.num_heads, T, S)),
                        "the attention scores' shape (..., T, S)")  # the readable path's message
-            heads = _fused_attention(q, k, v, mask, dropout_p, is_causal)  # (B, H, T, Dh)
+            heads = _fast_attention(q, k, v, mask, dropout_p, is_causal)  # (B, H, T, Dh)
         out = self.out_proj(merge_heads(heads))  # (B, H, T, Dh) -> (B, T, D) -> (B, T, D)
         return (out, weights) if need_weights else out
 
