@@ -195,9 +195,23 @@ def test_is_causal_equals_an_explicit_causal_mask(norm_first):
         layer(x, causal_mask(7), is_causal=True)
 
 
-def test_a_self_attention_without_the_causal_flag_still_plugs_in():
-    # labs swap in their own attention with forward(query, key, value, mask=None): no is_causal
-    class PlainAttention(nn.Module):
+def test_a_replacement_attention_gets_every_argument_of_the_package_signature():
+    # the layers hand is_causal and cache to their attention always: a replacement (a lab's own
+    # layer, behind an adapter) takes the package's signature, and an attention without those
+    # arguments fails loudly instead of silently losing the causal mask
+    seen = []
+
+    class Adapter(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, query, key, value, mask=None, need_weights=False, is_causal=False,
+                    cache=None):
+            seen.append((is_causal, cache))
+            return self.inner(query, key, value, mask=mask, need_weights=need_weights)
+
+    class Plain(nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -209,8 +223,13 @@ def test_a_self_attention_without_the_causal_flag_still_plugs_in():
     x = torch.randn(2, 5, 16)
     expected = encoder(x)
     for layer in encoder.layers:
-        layer.self_attn = PlainAttention(layer.self_attn)
+        layer.self_attn = Adapter(layer.self_attn)
     torch.testing.assert_close(encoder(x), expected)
+    assert seen == [(False, None), (False, None)]
+    for layer in encoder.layers:
+        layer.self_attn = Plain(layer.self_attn.inner)
+    with pytest.raises(TypeError, match="is_causal"):
+        encoder(x)
 
 
 # ---- one forward pass: attention weights and the cache go down through the layers
@@ -256,21 +275,21 @@ def test_cached_encoder_in_pieces_equals_one_causal_pass(norm_first):
         stack(x, is_causal=True, cache=caches[:1])
 
 
-def test_attention_sublayer_passes_on_only_the_options_that_are_set():
+def test_attention_sublayer_passes_every_option_on():
     from transformer_lib import attention_sublayer
 
     seen = []
 
-    class Recording(nn.Module):  # an attention with only the lab's arguments
-        def forward(self, query, key, value, mask=None, need_weights=False):
-            seen.append((key is query, mask, need_weights))
+    class Recording(nn.Module):  # an attention with the package's arguments
+        def forward(self, query, key, value, mask=None, need_weights=False, is_causal=False,
+                    cache=None):
+            seen.append((key is query, mask, need_weights, is_causal, cache))
             return (query, "w") if need_weights else query
 
-    x, memory, weights = torch.randn(1, 2, 4), torch.randn(1, 3, 4), []
+    x, memory, weights, cache = torch.randn(1, 2, 4), torch.randn(1, 3, 4), [], object()
     assert attention_sublayer(Recording())(x) is x
-    assert attention_sublayer(Recording(), is_causal=False, cache=None)(x) is x
+    assert attention_sublayer(Recording(), is_causal=True, cache=cache)(x) is x
     assert attention_sublayer(Recording(), None, memory, weights=weights)(x) is x
-    assert seen == [(True, None, False), (True, None, False), (False, None, True)]
+    assert seen == [(True, None, False, False, None), (True, None, False, True, cache),
+                    (False, None, True, False, None)]
     assert weights == ["w"]
-    with pytest.raises(TypeError, match="is_causal"):
-        attention_sublayer(Recording(), is_causal=True)(x)

@@ -91,39 +91,34 @@ def sublayer_connection(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: n
     return norm(x + dropout(sublayer(x)))
 
 
-def _given(**options: Any) -> dict[str, Any]:
-    """The options that are set (not ``None`` or ``False``): the only ones passed on."""
-    return {name: value for name, value in options.items()
-            if value is not None and value is not False}
-
-
 def attention_sublayer(attention: nn.Module, mask: Tensor | None = None,
                        memory: Tensor | None = None, *, weights: list[Tensor] | None = None,
-                       **options: Any) -> Callable[[Tensor], Tensor]:
+                       is_causal: bool = False, cache: Any = None) -> Callable[[Tensor], Tensor]:
     """An attention as the sub-layer that :func:`sublayer_connection` wraps: the function
     ``y -> attention(y, m, m, mask=mask)``, with ``m = y`` (self-attention) or ``m = memory``
     (cross-attention).
 
     Args:
-        attention: a :class:`MultiHeadAttention`, or any module called the same way.
+        attention: a :class:`MultiHeadAttention`, or any module that takes the same arguments.
         mask: bool, broadcastable to ``(B, H, T, S)``, ``True`` = may attend.
         memory: ``(B, S, D)``, the keys and values of a cross-attention; ``None`` for
             self-attention.
         weights: a list that collects the attention weights: when given, the attention is
             called with ``need_weights=True`` and its weights ``(B, H, T, S)`` are appended.
-        **options: more arguments of the attention (``is_causal``, ``cache``), passed on only
-            when set, so that an attention module without them still plugs in.
+        is_causal: self-attention with the causal mask, given as a flag (see
+            :class:`MultiHeadAttention`).
+        cache: the attention's cache of keys and values (chapters 6 and 8), or ``None``.
 
     Returns:
         A function ``(B, T, D) -> (B, T, D)``.
     """
-    options = _given(**options)
-
     def sublayer(y: Tensor) -> Tensor:  # y (B, T, D): the sub-layer's input, normalized or not
         keys_values = y if memory is None else memory
         if weights is None:
-            return attention(y, keys_values, keys_values, mask=mask, **options)
-        out, w = attention(y, keys_values, keys_values, mask=mask, need_weights=True, **options)
+            return attention(y, keys_values, keys_values, mask=mask, is_causal=is_causal,
+                             cache=cache)
+        out, w = attention(y, keys_values, keys_values, mask=mask, need_weights=True,
+                           is_causal=is_causal, cache=cache)
         weights.append(w)  # (B, H, T, S)
         return out
 
@@ -223,8 +218,7 @@ class LayerStack(nn.Module):
 
         Args:
             x: the first layer's input, ``(B, T, D)``.
-            *args, **options: the layers' other arguments, the same for every layer; options
-                are passed on only when set (not ``None`` or ``False``).
+            *args, **options: the layers' other arguments, the same for every layer.
             cache: one cache per layer; layer ``i`` gets ``cache=cache[i]``.
             need_weights: also return each layer's attention weights, first layer first.
 
@@ -236,8 +230,8 @@ class LayerStack(nn.Module):
                              f"got {len(cache)}")
         weights = []
         for i, layer in enumerate(self.layers):
-            out = layer(x, *args, **_given(cache=None if cache is None else cache[i],
-                                           need_weights=need_weights, **options))
+            out = layer(x, *args, cache=None if cache is None else cache[i],
+                        need_weights=need_weights, **options)
             if need_weights:
                 out, layer_weights = out
                 weights.append(layer_weights)
