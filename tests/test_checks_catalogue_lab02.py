@@ -1,6 +1,7 @@
 """Lab 2's checks against a catalogue of wrong implementations written as learners write them:
-each is rejected, and with the diagnosis it states (or, where marked, with the generic message,
-for at most a tenth of them); correct implementations written differently are accepted.
+each to be rejected with the diagnosis it states (or, where marked ``GENERIC``, with the generic
+message, for at most a tenth of them); correct implementations written differently, to be
+accepted. They are registered in ``checks_catalogue`` and run by ``test_checks_catalogue.py``.
 
 Every entry is a whole function or class, in the style of a learner's cell; none repeats one of
 ``tests/test_checks_lab02.py``. The classes of multi-head attention are written out in full, as
@@ -9,17 +10,12 @@ a learner would, rather than as subclasses of one correct layer.
 
 import math
 
-import pytest
+import checks_catalogue as catalogue
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer_lib import checks, scaled_dot_product_attention
-from transformer_lib.checks.engine import GENERIC
-
-GENERIC_ENTRY = object()  # marks a wrong implementation that gets the generic message
-AMBIGUOUS = "fits more than one known mistake"
-
+from transformer_lib import scaled_dot_product_attention
 
 # --- exercise 1: split_heads ------------------------------------------------------------------
 
@@ -602,35 +598,11 @@ class HeadByHeadWithDropout(nn.Module):
 CORRECT_MHA = [FastAndReadablePaths, DropoutModuleByHand, HeadByHeadWithDropout]
 
 
-# --- the verdicts ----------------------------------------------------------------------------
+# --- the entries, run by test_checks_catalogue.py ----------------------------------------------
 
-WRONG = ([("check_split_heads", name, *entry) for name, entry in WRONG_SPLIT.items()]
-         + [("check_merge_heads", name, *entry) for name, entry in WRONG_MERGE.items()]
-         + [("check_multi_head_attention", name, *entry) for name, entry in WRONG_MHA.items()])
-CORRECT = ([("check_split_heads", fn) for fn in CORRECT_SPLIT]
-           + [("check_merge_heads", fn) for fn in CORRECT_MERGE]
-           + [("check_multi_head_attention", cls) for cls in CORRECT_MHA])
-
-
-@pytest.mark.parametrize("check, name, fn, diagnosis", WRONG, ids=[w[1] for w in WRONG])
-def test_wrong_implementation_is_rejected_with_its_diagnosis(check, name, fn, diagnosis):
-    with pytest.raises(AssertionError, match=f"^{check}: ") as info:
-        getattr(checks, check)(fn)
-    message = str(info.value)
-    assert AMBIGUOUS not in message, message
-    if diagnosis is GENERIC_ENTRY:
-        assert GENERIC in message, message
-    else:
-        assert GENERIC not in message, message
-        assert diagnosis in message, message
-
-
-def test_at_most_a_tenth_of_the_rejections_are_generic():
-    generic = [name for _, name, _, diagnosis in WRONG if diagnosis is GENERIC_ENTRY]
-    assert len(generic) <= len(WRONG) // 10, generic
-
-
-@pytest.mark.parametrize("check, fn", CORRECT, ids=[c[1].__name__ for c in CORRECT])
-def test_correct_implementation_written_differently_is_accepted(check, fn, capsys):
-    getattr(checks, check)(fn)
-    assert capsys.readouterr().out.startswith(f"{check}: all ")
+catalogue.wrong("check_split_heads", WRONG_SPLIT)
+catalogue.accepted("check_split_heads", CORRECT_SPLIT, cases=4)
+catalogue.wrong("check_merge_heads", WRONG_MERGE)
+catalogue.accepted("check_merge_heads", CORRECT_MERGE, cases=4)
+catalogue.wrong("check_multi_head_attention", WRONG_MHA)
+catalogue.accepted("check_multi_head_attention", CORRECT_MHA, cases=11)

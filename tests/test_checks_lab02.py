@@ -1,10 +1,11 @@
-"""transformer_lib.checks, lab 2 (multi-head attention): a catalogue of wrong implementations, each rejected with
-the right diagnosis; correct implementations written differently, accepted; the library's own,
-accepted."""
+"""transformer_lib.checks, lab 2 (multi-head attention): a catalogue of wrong implementations,
+each to be rejected with the right diagnosis; correct implementations written differently, and the
+library's own, to be accepted. They are registered in ``checks_catalogue`` and run by
+``test_checks_catalogue.py``; the tests here ask more of a verdict than its diagnosis."""
 
 import math
 
-import pytest
+import checks_catalogue as catalogue
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,13 +34,7 @@ WRONG_SPLIT = {
     "interleaved features": (split_with(("B", "T", "Dh", "H"), (0, 3, 1, 2)), "contiguous block"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_SPLIT)
-def test_check_split_heads_diagnoses(name):
-    fn, diagnosis = WRONG_SPLIT[name]
-    with pytest.raises(AssertionError, match="^check_split_heads: ") as info:
-        checks.check_split_heads(fn)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_split_heads", WRONG_SPLIT)
 
 
 WRONG_MERGE = {
@@ -49,22 +44,15 @@ WRONG_MERGE = {
     "no reshape": (lambda x: x.transpose(1, 2), "reshape it to (B, T, H * Dh)"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_MERGE)
-def test_check_merge_heads_diagnoses(name):
-    fn, diagnosis = WRONG_MERGE[name]
-    with pytest.raises(AssertionError, match="^check_merge_heads: ") as info:
-        checks.check_merge_heads(fn)
-    assert diagnosis in str(info.value), str(info.value)
-
-
-def test_split_and_merge_written_differently_are_accepted(capsys):
-    checks.check_split_heads(lambda x, h: x.unflatten(-1, (h, -1)).transpose(1, 2))
-    checks.check_split_heads(split_with(("B", "T", "H", "Dh"), (0, 2, 1, 3)))
-    checks.check_merge_heads(lambda x: x.permute(0, 2, 1, 3).flatten(2))
-    checks.check_merge_heads(lambda x: torch.cat(x.unbind(1), dim=-1))  # concatenate the heads
-    assert capsys.readouterr().out == ("check_split_heads: all 4 cases pass\n" * 2
-                                       + "check_merge_heads: all 4 cases pass\n" * 2)
+catalogue.wrong("check_merge_heads", WRONG_MERGE)
+catalogue.accepted("check_split_heads", {
+    "unflatten(-1, (h, -1)).transpose(1, 2)": lambda x, h: x.unflatten(-1, (h, -1)).transpose(1, 2),
+    "reshape(B, T, H, Dh).permute(0, 2, 1, 3)": split_with(("B", "T", "H", "Dh"), (0, 2, 1, 3)),
+}, cases=4)
+catalogue.accepted("check_merge_heads", {
+    "permute(0, 2, 1, 3).flatten(2)": lambda x: x.permute(0, 2, 1, 3).flatten(2),
+    "the heads concatenated": lambda x: torch.cat(x.unbind(1), dim=-1),
+}, cases=4)
 
 
 # --- multi-head attention ----------------------------------------------------------------------
@@ -193,13 +181,7 @@ WRONG_MHA = {
     "bias=False ignored": (BiasAlways, "not in the contract: q_proj.bias (12,)"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_MHA)
-def test_check_multi_head_attention_diagnoses(name):
-    cls, diagnosis = WRONG_MHA[name]
-    with pytest.raises(AssertionError, match="^check_multi_head_attention: ") as info:
-        checks.check_multi_head_attention(cls)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_multi_head_attention", WRONG_MHA)
 
 
 class FusedQKV(LearnerMHA):
@@ -255,11 +237,8 @@ class EinsumLayout(LearnerMHA):
         return (out, weights) if need_weights else out
 
 
-@pytest.mark.parametrize("cls", [MultiHeadAttention, LearnerMHA, FusedQKV, LoopOverHeads,
-                                 EinsumLayout])
-def test_check_multi_head_attention_accepts(cls, capsys):
-    checks.check_multi_head_attention(cls)
-    assert capsys.readouterr().out == "check_multi_head_attention: all 11 cases pass\n"
+catalogue.accepted("check_multi_head_attention", [MultiHeadAttention, LearnerMHA, FusedQKV,
+                                                  LoopOverHeads, EinsumLayout], cases=11)
 
 
 def test_check_multi_head_attention_loads_every_parameter():
@@ -273,5 +252,3 @@ def test_check_multi_head_attention_loads_every_parameter():
 
     checks.check_multi_head_attention(Spy)
     assert any(b is not None and b.abs().max() > 0.5 for b in seen)
-
-

@@ -1,9 +1,9 @@
-"""transformer_lib.checks, lab 3 (encoder and decoder layers): a catalogue of wrong implementations, each rejected with
-the right diagnosis; correct implementations written differently, accepted; the library's own,
-accepted."""
+"""transformer_lib.checks, lab 3 (encoder and decoder layers): a catalogue of wrong
+implementations, each to be rejected with the right diagnosis; correct implementations written
+differently, and the library's own, to be accepted. They are registered in ``checks_catalogue``
+and run by ``test_checks_catalogue.py``."""
 
-
-import pytest
+import checks_catalogue as catalogue
 import torch
 from torch import nn
 
@@ -12,7 +12,6 @@ from transformer_lib import (
     EncoderLayer,
     FeedForward,
     MultiHeadAttention,
-    checks,
     sublayer_connection,
 )
 
@@ -38,20 +37,14 @@ class FFNSequential(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize("cls, diagnosis", [
-    (FFNWithoutActivation, "activation is missing"),
-    (FFNAlwaysReLU, "activation argument is ignored"),
-    (FFNSequential, "not in the contract: net.0.weight"),
-])
-def test_check_feed_forward_diagnoses(cls, diagnosis):
-    with pytest.raises(AssertionError, match="^check_feed_forward: ") as info:
-        checks.check_feed_forward(cls)
-    assert diagnosis in str(info.value), str(info.value)
+WRONG_FFN = {
+    "no activation": (FFNWithoutActivation, "activation is missing"),
+    "always ReLU": (FFNAlwaysReLU, "activation argument is ignored"),
+    "nn.Sequential": (FFNSequential, "not in the contract: net.0.weight"),
+}
 
-
-def test_check_feed_forward_accepts(capsys):
-    checks.check_feed_forward(FeedForward)
-    assert capsys.readouterr().out == "check_feed_forward: all 6 cases pass\n"
+catalogue.wrong("check_feed_forward", WRONG_FFN)
+catalogue.accepted("check_feed_forward", [FeedForward], cases=6)
 
 
 WRONG_SUBLAYER = {
@@ -68,25 +61,16 @@ WRONG_SUBLAYER = {
                           "dropout is not applied"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_SUBLAYER)
-def test_check_sublayer_connection_diagnoses(name):
-    fn, diagnosis = WRONG_SUBLAYER[name]
-    with pytest.raises(AssertionError, match="^check_sublayer_connection: ") as info:
-        checks.check_sublayer_connection(fn)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_sublayer_connection", WRONG_SUBLAYER)
 
 
-def test_check_sublayer_connection_accepts(capsys):
-    checks.check_sublayer_connection(sublayer_connection)
+def written_out(x, sublayer, norm, dropout, norm_first):
+    if norm_first:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
 
-    def written_out(x, sublayer, norm, dropout, norm_first):
-        if norm_first:
-            return x + dropout(sublayer(norm(x)))
-        return norm(x + dropout(sublayer(x)))
 
-    checks.check_sublayer_connection(written_out)
-    assert capsys.readouterr().out == "check_sublayer_connection: all 4 cases pass\n" * 2
+catalogue.accepted("check_sublayer_connection", [sublayer_connection, written_out], cases=4)
 
 
 # --- encoder layer --------------------------------------------------------------------------------
@@ -178,19 +162,8 @@ WRONG_ENCODER = {
     "pre-LN with a norm after each sum": (EncoderPreLNWithExtraNorms, "no norm after each residual"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_ENCODER)
-def test_check_encoder_layer_diagnoses(name):
-    cls, diagnosis = WRONG_ENCODER[name]
-    with pytest.raises(AssertionError, match="^check_encoder_layer: ") as info:
-        checks.check_encoder_layer(cls)
-    assert diagnosis in str(info.value), str(info.value)
-
-
-@pytest.mark.parametrize("cls", [EncoderLayer, LearnerEncoderLayer])
-def test_check_encoder_layer_accepts(cls, capsys):
-    checks.check_encoder_layer(cls)
-    assert capsys.readouterr().out == "check_encoder_layer: all 11 cases pass\n"
+catalogue.wrong("check_encoder_layer", WRONG_ENCODER)
+catalogue.accepted("check_encoder_layer", [EncoderLayer, LearnerEncoderLayer], cases=11)
 
 
 # --- decoder layer --------------------------------------------------------------------------------
@@ -267,19 +240,5 @@ WRONG_DECODER = {
     "cross-attention first": (DecoderCrossFirst, "wrong order: self-attention, then cross-attention"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_DECODER)
-def test_check_decoder_layer_diagnoses(name):
-    cls, diagnosis = WRONG_DECODER[name]
-    with pytest.raises(AssertionError, match="^check_decoder_layer: ") as info:
-        checks.check_decoder_layer(cls)
-    assert diagnosis in str(info.value), str(info.value)
-
-
-@pytest.mark.parametrize("cls", [DecoderLayer, LearnerDecoderLayer])
-def test_check_decoder_layer_accepts(cls, capsys):
-    checks.check_decoder_layer(cls)
-    assert capsys.readouterr().out == "check_decoder_layer: all 11 cases pass\n"
-
-
-
+catalogue.wrong("check_decoder_layer", WRONG_DECODER)
+catalogue.accepted("check_decoder_layer", [DecoderLayer, LearnerDecoderLayer], cases=11)

@@ -1,12 +1,14 @@
 """transformer_lib.checks, lab 5 (efficient training): a catalogue of wrong implementations, each
-rejected with the right diagnosis; correct implementations written differently, accepted; the
-library's own, accepted."""
+to be rejected with the right diagnosis; correct implementations written differently, and the
+library's own, to be accepted. They are registered in ``checks_catalogue`` and run by
+``test_checks_catalogue.py``; the tests here ask more of a verdict than its diagnosis."""
 
 import contextlib
 import copy
 import math
 from pathlib import Path
 
+import checks_catalogue as catalogue
 import pytest
 import torch
 from torch import nn
@@ -100,13 +102,7 @@ WRONG_FLOPS = {
     "a vector": (flops_as_vector, "tensor of shape (1,)"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_FLOPS)
-def test_check_flops_per_token_diagnoses(name):
-    fn, diagnosis = WRONG_FLOPS[name]
-    with pytest.raises(AssertionError, match="^check_flops_per_token: ") as info:
-        checks.check_flops_per_token(fn)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_flops_per_token", WRONG_FLOPS)
 
 
 def test_check_flops_per_token_shows_every_case():
@@ -155,11 +151,8 @@ def flops_as_an_int(config):
     return L * per_layer + 3 * 2 * D * V
 
 
-@pytest.mark.parametrize("fn", [flops_per_token, flops_from_linear_layers, flops_with_biases,
-                                flops_as_an_int])
-def test_check_flops_per_token_accepts(fn, capsys):
-    checks.check_flops_per_token(fn)
-    assert capsys.readouterr().out == "check_flops_per_token: all 4 cases pass\n"
+catalogue.accepted("check_flops_per_token", [flops_per_token, flops_from_linear_layers,
+                                             flops_with_biases, flops_as_an_int], cases=4)
 
 
 # --- one optimizer update with gradient accumulation ---------------------------------------------
@@ -299,13 +292,7 @@ WRONG_TRAIN_STEP = {
     "returns nothing": (train_step_returns_none, "yours returned None"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_TRAIN_STEP)
-def test_check_train_step_diagnoses(name):
-    fn, diagnosis = WRONG_TRAIN_STEP[name]
-    with pytest.raises(AssertionError, match="^check_train_step: ") as info:
-        checks.check_train_step(fn)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_train_step", WRONG_TRAIN_STEP)
 
 
 def test_check_train_step_shows_the_update():
@@ -379,12 +366,13 @@ def train_step_whole_batch(model, optimizer, micro_batches, dtype=None, max_norm
     return loss.item()
 
 
-@pytest.mark.parametrize("fn", [train_step_with(), train_step_with(zero="end"),
-                                train_step_zero_at_the_end, train_step_one_backward,
-                                train_step_whole_batch])
-def test_check_train_step_accepts(fn, capsys):
-    checks.check_train_step(fn)
-    assert capsys.readouterr().out == "check_train_step: all 6 cases pass\n"
+catalogue.accepted("check_train_step", {
+    "train_step_with()": train_step_with(),
+    "train_step_with(zero='end')": train_step_with(zero="end"),
+    "train_step_zero_at_the_end": train_step_zero_at_the_end,
+    "train_step_one_backward": train_step_one_backward,
+    "train_step_whole_batch": train_step_whole_batch,
+}, cases=6)
 
 
 # --- the learning-rate schedule ------------------------------------------------------------------
@@ -486,13 +474,7 @@ WRONG_LR = {
     "a string": (lr_as_a_string, "as a number (a float); yours returned a str"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_LR)
-def test_check_lr_schedule_diagnoses(name):
-    fn, diagnosis = WRONG_LR[name]
-    with pytest.raises(AssertionError, match="^check_lr_schedule: ") as info:
-        checks.check_lr_schedule(fn)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_lr_schedule", WRONG_LR)
 
 
 def test_check_lr_schedule_shows_a_table():
@@ -536,13 +518,14 @@ def lr_with_torch(step, max_lr, min_lr, warmup_steps, total_steps):  # a 0-d ten
     return torch.where(s <= warmup_steps, warm, decay)
 
 
-@pytest.mark.parametrize("fn", [
-    lambda step, max_lr, min_lr, warmup_steps, total_steps: max_lr * warmup_cosine_schedule(
-        step, warmup_steps, total_steps, min_factor=min_lr / max_lr),
-    lr_with(), lr_by_hand, lr_with_torch])
-def test_check_lr_schedule_accepts(fn, capsys):
-    checks.check_lr_schedule(fn)
-    assert capsys.readouterr().out == "check_lr_schedule: all 4 cases pass\n"
+catalogue.accepted("check_lr_schedule", {
+    "max_lr * warmup_cosine_schedule": lambda step, max_lr, min_lr, warmup_steps, total_steps:
+        max_lr * warmup_cosine_schedule(step, warmup_steps, total_steps,
+                                        min_factor=min_lr / max_lr),
+    "lr_with()": lr_with(),
+    "lr_by_hand": lr_by_hand,
+    "lr_with_torch": lr_with_torch,
+}, cases=4)
 
 
 # --- saving and resuming a training run ----------------------------------------------------------
@@ -626,13 +609,7 @@ WRONG_RESUME = {
                               "the resumed run differs from the run without a break"),
 }
 
-
-@pytest.mark.parametrize("name", WRONG_RESUME)
-def test_check_resume_diagnoses(name):
-    (save, load), diagnosis = WRONG_RESUME[name]
-    with pytest.raises(AssertionError, match="^check_resume: ") as info:
-        checks.check_resume(save, load)
-    assert diagnosis in str(info.value), str(info.value)
+catalogue.wrong("check_resume", WRONG_RESUME)
 
 
 def test_check_resume_hints_at_plain_state():
@@ -664,11 +641,8 @@ def load_state_by_hand(path, model, optimizer, generator):
     return state["step"]  # a 0-d tensor of ints
 
 
-@pytest.mark.parametrize("save, load", [(save_state, load_state),
-                                        (save_state_by_hand, load_state_by_hand)])
-def test_check_resume_accepts(save, load, capsys):
-    checks.check_resume(save, load)
-    assert capsys.readouterr().out == "check_resume: all 2 cases pass\n"
+catalogue.accepted("check_resume", [(save_state, load_state),
+                                    (save_state_by_hand, load_state_by_hand)], cases=2)
 
 
 # --- all four ----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ diffs, known mistakes and their diagnosis, calling the learner's code) and one m
 ``lab03_layers``       ``check_feed_forward``, ``check_sublayer_connection``,
                        ``check_encoder_layer``, ``check_decoder_layer``
 ``lab04_decoding``     ``check_greedy_decode``, ``check_sequence_log_prob``,
-                       ``check_top_candidates``, ``check_beam_search``
+                       ``check_top_candidates``, ``check_beam_search`` (on the table models
+                       of ``tables``, whose answers are known)
 ``lab05_training``     ``check_flops_per_token``, ``check_train_step``, ``check_lr_schedule``,
                        ``check_resume``
 =====================  =============================================================
