@@ -166,11 +166,11 @@ class GPT(nn.Module):
         \text{logits} = h_N E^\top
 
     Every block is a pre-LN :class:`EncoderLayer` with GELU, run with a causal mask
-    (``is_causal=True``); there is no cross-attention. Initialization as GPT-2: weights
-    :math:`\mathcal{N}(0, 0.02^2)`, biases zero, and the two projections that write into the
-    residual stream (``self_attn.out_proj`` and ``ffn.linear2``) with standard deviation
-    :math:`0.02 / \sqrt{2N}`, so the residual sum of :math:`2N` sub-layers does not grow with
-    depth.
+    (``is_causal=True``); there is no cross-attention. Initialization as nanoGPT and Hugging
+    Face's GPT-2: weights :math:`\mathcal{N}(0, 0.02^2)`, biases zero, and the two projections
+    that write into the residual stream (``self_attn.out_proj`` and ``ffn.linear2``) with
+    standard deviation :math:`0.02 / \sqrt{2N}`, so the residual sum of :math:`2N` sub-layers
+    does not grow with depth.
 
     Args:
         config: the sizes and options; see :class:`GPTConfig`.
@@ -199,7 +199,7 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialization (see the class docstring)."""
+        """nanoGPT's and Hugging Face's GPT-2 initialization (see the class docstring)."""
         std = 0.02
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
