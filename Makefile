@@ -10,7 +10,7 @@ SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/
 
 help:
 	@echo "make book    build the HTML book into _build/html"
-	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build)"
+	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build, browser check)"
 	@echo "make check-browser  build the book, then open every page in headless Chromium, offline (needs chromium)"
 	@echo "make lab     open JupyterLab on the repository"
 	@echo "make export  regenerate transformer_lib/ from the chapters"
@@ -79,6 +79,7 @@ BASELINE_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENAB
 
 test: lint check-export check-labs check-notebooks pytest
 	env $(BASELINE_KERNELS) $(MAKE) --no-print-directory book-clean
+	$(BIN)/python tools/check_browser.py --if-available
 	@echo "make test: all checks passed"
 
 export: setup
