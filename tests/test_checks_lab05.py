@@ -23,7 +23,7 @@ from transformer_lib import (
     save_checkpoint,
     warmup_cosine_schedule,
 )
-from transformer_lib.train import flops_per_token
+from transformer_lib.efficiency import flops_per_token
 
 # --- FLOPs per token ---------------------------------------------------------------------------
 

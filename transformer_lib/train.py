@@ -20,38 +20,41 @@ batch. Rank 0 alone writes ``DIR/metrics.jsonl`` (one JSON object per logged ste
 and ``DIR/checkpoint/`` (:func:`~transformer_lib.training.save_checkpoint`: safetensors weights;
 optimizer, step and generator states read back with ``torch.load(weights_only=True)``).
 
-The measuring helpers (:func:`flops_per_token`, :func:`peak_flops`,
-:func:`measured_matmul_flops`, :func:`sdpa_kernels_used`, :func:`saved_activation_bytes`) are
-used by the lab too.
+The file reads top to bottom: the configuration and its presets, the data and the optimizer,
+the steps of a run (:func:`train` is their outline), and the command. What it measures (FLOPs
+per token, a GPU's peak for MFU) and its speed switches come from :mod:`transformer_lib.efficiency`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
+from transformer_lib.efficiency import (
+    flops_per_token,
+    matmul_and_attention,
+    peak_flops,
+    synchronize,
+)
 from transformer_lib.gpt import GPT, CharTokenizer, GPTConfig, lm_loss, python_source_files
 from transformer_lib.training import (
+    clip_grad_norm,
     latest_checkpoint,
     load_checkpoint,
     progress_file,
@@ -60,180 +63,15 @@ from transformer_lib.training import (
     warmup_cosine_schedule,
 )
 
-__all__ = [
-    "PEAK_BF16_FLOPS",
-    "PRESETS",
-    "TrainConfig",
-    "ConfigError",
-    "flops_per_token",
-    "peak_flops",
-    "measured_matmul_flops",
-    "sdpa_kernels_used",
-    "saved_activation_bytes",
-    "load_corpus",
-    "get_batch",
-    "make_optimizer",
-    "matmul_and_attention",
-    "train",
-    "main",
-]
-
-# --- measuring ----------------------------------------------------------------------------------
-
-# Dense (no sparsity) bf16 tensor-core peak of one GPU, from the vendors' data sheets, matched
-# against torch.cuda.get_device_name() in this order (the first name it contains wins). V100 and
-# T4 have no bf16: their fp16 peak is given. MFU is always quoted against this number, whatever
-# precision a run uses: it is what the hardware could do.
-PEAK_BF16_FLOPS: dict[str, float] = {
-    "GH200": 989e12,
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,  # SXM
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L40": 181e12,
-    "L4": 121e12,
-    "V100": 125e12,
-    "T4": 65e12,
-}
-
-
-def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
-    r"""Training FLOPs per token (forward and backward) of a :class:`GPT`, from its shape.
-
-    .. math::
-        \text{FLOPs/token} = 6N + 12\,L\,T\,D, \qquad N = L\,(4D^2 + 2DF) + DV
-
-    A matrix multiplication costs 2 FLOPs per weight per token going forward and 4 going back
-    (gradients for the input and for the weight): :math:`6N`, where :math:`N` counts the weights
-    that multiply activations: per layer the four attention projections and the two feed-forward
-    matrices, plus the output projection (with tied embeddings this is the token table, used once
-    as a matrix; the lookups that read embeddings cost nothing). Biases and LayerNorms add a few
-    FLOPs per parameter, well under 1%, and are left out. Attention itself multiplies
-    activations by activations: :math:`QK^\top` and the weighted sum of values cost
-    :math:`2 \cdot 2TD` per token per layer forward, times 3 with the backward pass. A causal
-    kernel skips about half of those; by convention (PaLM, nanoGPT) they are counted in full.
-
-    Args:
-        config: the model's shape.
-        seq_len: ``T``, the tokens per training window; the context length by default.
-
-    Returns:
-        FLOPs per token processed in training.
-    """
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-    T = config.context_length if seq_len is None else seq_len
-    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= config.context_length:
-        raise ValueError(f"seq_len must be an int in [1, {config.context_length}], got {seq_len!r}")
-    L, D, F, V = config.num_layers, config.d_model, config.d_ff, config.vocab_size
-    n_matmul = L * (4 * D * D + 2 * D * F) + D * V
-    return 6.0 * n_matmul + 12.0 * L * T * D
-
-
-def peak_flops(device: torch.device | str) -> float | None:
-    """The dense bf16 peak FLOP/s of ``device`` from :data:`PEAK_BF16_FLOPS`; None if unknown (a CPU)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return _peak_for_name(torch.cuda.get_device_name(device))
-
-
-def _peak_for_name(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measured_matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
-                          size: int | None = None, repeats: int = 20) -> float:
-    """FLOP/s of one large square matrix multiplication, measured: a practical peak for a CPU.
-
-    Args:
-        device: where to multiply.
-        dtype: the matrices' dtype.
-        size: the matrices are ``(size, size)``; 1024 on a CPU, 8192 on a GPU by default.
-        repeats: timed multiplications (after one untimed).
-
-    Returns:
-        ``2 * size**3`` FLOPs per multiplication divided by the fastest time of one: a peak is
-        what the machine can do, and on a shared machine slower repeats measure the neighbours.
-    """
-    device = torch.device(device)
-    n = size or (8192 if device.type == "cuda" else 1024)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device, dtype)
-    b = torch.randn(n, n, generator=g).to(device, dtype)
-    times = []
-    for i in range(repeats + 1):
-        _synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        _synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return 2.0 * n ** 3 / min(times)
-
-
-class _OpRecorder(TorchDispatchMode):
-    """Records the names of the ATen operators that run (below autograd)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.names.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-def sdpa_kernels_used(fn: Callable[[], Any]) -> list[str]:
-    """Which fused attention kernels ``fn()`` runs, by the ATen operators it calls.
-
-    ``F.scaled_dot_product_attention`` picks a kernel at run time: FlashAttention
-    (``_scaled_dot_product_flash_attention``, ``..._for_cpu`` on a CPU), memory-efficient
-    attention, cuDNN attention, or the unfused math (a matmul, a softmax, a matmul), which shows
-    no ``_scaled_dot_product_*`` operator at all.
-
-    Returns:
-        The distinct ``_scaled_dot_product_*`` operator names, in the order first seen; an empty
-        list means only unfused (math) attention ran.
-    """
-    with _OpRecorder() as recorder:
-        fn()
-    seen: list[str] = []
-    for name in recorder.names:
-        base = name.split(".")[0]
-        if base.startswith("_scaled_dot_product") and base not in seen:
-            seen.append(base)
-    return seen
-
-
-def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass while ``fn()`` builds a loss.
-
-    This is the memory that training needs beyond the weights, gradients and optimizer state,
-    and the part that bf16, fused attention and smaller micro-batches shrink. Each storage is
-    counted once (views share it). ``fn``'s loss is then back-propagated, freeing them.
-    """
-    storages: dict[tuple[str, int], int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        s = t.untyped_storage()
-        storages[(str(t.device), s.data_ptr())] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = fn()
-    loss.backward()
-    return sum(storages.values())
-
+__all__ = ["PRESETS", "TrainConfig", "ConfigError", "load_corpus", "get_batch", "make_optimizer",
+           "train", "main"]
 
 # --- configuration ------------------------------------------------------------------------------
+
+
+def _setting(default: Any, why: str, **metadata: Any) -> Any:
+    """A :class:`TrainConfig` field: its default, the reason ``--help`` shows, any ``choices``."""
+    return field(default=default, metadata={"help": why, **metadata})
 
 
 @dataclass(frozen=True)
@@ -241,37 +79,42 @@ class TrainConfig:
     """A training run of the command, one reason per field. Presets are in :data:`PRESETS`."""
 
     # the model (chapter 8's GPTConfig; the vocabulary comes from the data)
-    context_length: int = 128  # T: characters per training window
-    d_model: int = 128  # D: the width of every position's vector
-    num_heads: int = 4  # H: attention heads per layer; must divide d_model
-    num_layers: int = 4  # N: transformer blocks
-    dropout: float = 0.0  # on embeddings, attention and sub-layer outputs; 0 for short runs
-    vocab_size: int | None = None  # None: the tokenizer's; required with data "random"
+    context_length: int = _setting(128, "T: characters per training window")
+    d_model: int = _setting(128, "D: the width of every position's vector")
+    num_heads: int = _setting(4, "H: attention heads per layer; must divide d_model")
+    num_layers: int = _setting(4, "N: transformer blocks")
+    dropout: float = _setting(0.0, "on embeddings, attention and sub-layer outputs; 0 for short runs")
+    vocab_size: int | None = _setting(None, "None: the tokenizer's; required with data \"random\"")
     # the data
-    data: str = "stdlib"  # "stdlib": the standard library's source; "random": random ids, for speed
-    max_chars: int = 1_000_000  # characters of source to read (every tenth file is held out)
-    max_file_bytes: int = 32_000  # larger files are skipped; the whole library is about 10M characters
+    data: str = _setting("stdlib", "\"stdlib\": the standard library's source; \"random\": random "
+                                   "ids, for speed", choices=("stdlib", "random"))
+    max_chars: int = _setting(1_000_000, "characters of source to read (every tenth file is held out)")
+    max_file_bytes: int = _setting(32_000, "larger files are skipped; the whole library is about "
+                                           "10M characters")
     # optimization
-    batch_size: int = 32  # windows per micro-batch in each process
-    grad_accum: int = 1  # micro-batches per update: the global batch is batch_size*grad_accum*world
-    max_steps: int = 1000  # updates; the cosine decay ends here
-    lr: float = 1e-3  # the peak learning rate, reached after warmup
-    min_lr: float = 1e-4  # where the cosine decay ends
-    warmup_steps: int = 100  # linear warmup from 0 to lr
-    weight_decay: float = 0.1  # AdamW's, on matrices and embeddings only
-    grad_clip: float = 1.0  # the largest global gradient norm; 0 turns clipping off
+    batch_size: int = _setting(32, "windows per micro-batch in each process")
+    grad_accum: int = _setting(1, "micro-batches per update: the global batch is "
+                                  "batch_size*grad_accum*world")
+    max_steps: int = _setting(1000, "updates; the cosine decay ends here")
+    lr: float = _setting(1e-3, "the peak learning rate, reached after warmup")
+    min_lr: float = _setting(1e-4, "where the cosine decay ends")
+    warmup_steps: int = _setting(100, "linear warmup from 0 to lr")
+    weight_decay: float = _setting(0.1, "AdamW's, on matrices and embeddings only")
+    grad_clip: float = _setting(1.0, "the largest global gradient norm; 0 turns clipping off")
     # speed
-    dtype: str = "float32"  # "bfloat16": autocast runs matmuls and attention in bf16, weights stay float32
-    tf32: bool = False  # float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)
-    fused_attention: bool = True  # off: SDPA's unfused math kernel (a (T, T) matrix per head)
-    compile: bool = False  # torch.compile the model
-    fused_adamw: bool = False  # one fused kernel for the whole AdamW update
+    dtype: str = _setting("float32", "\"bfloat16\": autocast runs matmuls and attention in bf16, "
+                                     "weights stay float32", choices=("float32", "bfloat16"))
+    tf32: bool = _setting(False, "float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)")
+    fused_attention: bool = _setting(True, "off: SDPA's unfused math kernel (a (T, T) matrix per head)")
+    compile: bool = _setting(False, "torch.compile the model")
+    fused_adamw: bool = _setting(False, "one fused kernel for the whole AdamW update")
     # bookkeeping
-    eval_every: int = 100  # updates between validation losses (and at the end)
-    eval_batches: int = 10  # global batches (of batch_size * grad_accum * world) per validation loss
-    log_every: int = 10  # updates between lines of metrics.jsonl
-    checkpoint_every: int = 0  # updates between checkpoints; 0: at the end only
-    seed: int = 0  # the initialization and the data order
+    eval_every: int = _setting(100, "updates between validation losses (and at the end)")
+    eval_batches: int = _setting(10, "global batches (of batch_size * grad_accum * world) per "
+                                     "validation loss")
+    log_every: int = _setting(10, "updates between lines of metrics.jsonl")
+    checkpoint_every: int = _setting(0, "updates between checkpoints; 0: at the end only")
+    seed: int = _setting(0, "the initialization and the data order")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -300,16 +143,14 @@ class TrainConfig:
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model must be divisible by num_heads, got {self.d_model} and "
                              f"{self.num_heads}")
-        if self.data not in ("stdlib", "random"):
-            raise ValueError(f"data must be 'stdlib' or 'random', got {self.data!r}")
+        self._check_choice("data")
         if self.data == "random" and self.vocab_size is None:
             raise ValueError("vocab_size must be set when data='random'")
         if self.vocab_size is not None and (isinstance(self.vocab_size, bool)
                                             or not isinstance(self.vocab_size, int)
                                             or self.vocab_size < 2):
             raise ValueError(f"vocab_size must be None or an int >= 2, got {self.vocab_size!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        self._check_choice("dtype")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -318,6 +159,13 @@ class TrainConfig:
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} "
                              f"and {self.grad_clip!r}")
+
+    def _check_choice(self, name: str) -> None:
+        """Raise ValueError unless field ``name`` holds one of its ``choices``."""
+        choices = self.__dataclass_fields__[name].metadata["choices"]
+        if getattr(self, name) not in choices:
+            raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, "
+                             f"got {getattr(self, name)!r}")
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         """The model's :class:`GPTConfig` for a vocabulary of ``vocab_size``."""
@@ -421,11 +269,15 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
                              foreach=None if fused else True)
 
 
-# --- training -----------------------------------------------------------------------------------
+# --- the steps of a run -------------------------------------------------------------------------
+# train(), at the end of this section, is their outline: join the processes, load the data, build
+# the model (or resume it), then update, log, evaluate and save until the last step, and sum up.
 
 
 @dataclass
 class _Dist:
+    """This process's place among the ``world_size`` processes that torchrun started (or 1)."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -439,7 +291,7 @@ class _Dist:
         return self.rank == 0
 
 
-def _setup_distributed(device: torch.device | None) -> tuple[_Dist, torch.device]:
+def _setup_distributed(device: torch.device | str | None) -> tuple[_Dist, torch.device]:
     """Join the process group when launched by torchrun; pick this process's device."""
     env = _Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
                 int(os.environ.get("WORLD_SIZE", 1)))
@@ -474,6 +326,14 @@ def _checked_device(device: torch.device | str) -> torch.device:
     return device
 
 
+def _last_step(config: TrainConfig, stop_after: int | None) -> int:
+    """The update a run ends with: ``max_steps``, or ``stop_after`` if that comes first."""
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ValueError(f"stop_after must be None or a positive int, got {stop_after!r}")
+    return config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+
+
 def _run_folder(out: str | Path, resume: bool, overwrite: bool) -> Path:
     """The output folder, or a ConfigError when it would lose an earlier run's results."""
     if isinstance(out, str) and not out.strip():
@@ -494,6 +354,215 @@ def _run_folder(out: str | Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The token ids a run trains and validates on, and the vocabulary they come from."""
+
+    train_ids: Tensor  # (N,) int64
+    val_ids: Tensor  # (M,) int64
+    vocab_size: int  # the data's; a config may ask for a larger one
+    chars: str  # the tokenizer's characters, saved with the checkpoint ("" for random ids)
+
+    def to(self, device: torch.device) -> _Data:
+        return replace(self, train_ids=self.train_ids.to(device), val_ids=self.val_ids.to(device))
+
+
+def _load_data(config: TrainConfig) -> _Data:
+    """The data ``config`` names, on the CPU, or a ConfigError when it cannot work (a vocabulary
+    smaller than the data's, too few characters for one window)."""
+    if config.data == "random":
+        n = max(4 * config.context_length, config.batch_size * config.context_length)
+        g = torch.Generator().manual_seed(config.seed + 3)
+        train_ids = torch.randint(config.vocab_size, (n,), generator=g)
+        val_ids = torch.randint(config.vocab_size, (n,), generator=g)
+        return _Data(train_ids, val_ids, config.vocab_size, "")
+    tokenizer, train_ids, val_ids = load_corpus(config.max_chars, config.max_file_bytes)
+    if config.vocab_size is not None and config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"vocab_size must be at least the {tokenizer.vocab_size} characters of "
+                          f"the data's tokenizer (or unset), got {config.vocab_size}")
+    if min(len(train_ids), len(val_ids)) <= config.context_length + 1:
+        raise ConfigError(f"max_chars={config.max_chars} (with max_file_bytes="
+                          f"{config.max_file_bytes}) gives {len(train_ids)} training and "
+                          f"{len(val_ids)} validation characters; each must exceed "
+                          f"context_length + 1 = {config.context_length + 1}: raise max_chars")
+    return _Data(train_ids, val_ids, tokenizer.vocab_size, "".join(tokenizer.chars))
+
+
+def _prepare_folder(out: Path, overwrite: bool, env: _Dist) -> None:
+    """Create ``out`` on rank 0, deleting the run it holds first when ``overwrite``; every rank
+    waits for it."""
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:  # start over: nothing of the earlier run may mix with this one
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if env.enabled:
+        dist.barrier()  # no rank reads the folder before rank 0 has cleared it
+
+
+@dataclass
+class _Run:
+    """What the steps of a run share: the settings, this process, the data and the model."""
+
+    config: TrainConfig
+    env: _Dist
+    device: torch.device
+    data: _Data  # on the device
+    model: GPT
+    optimizer: torch.optim.AdamW
+    generator: torch.Generator  # draws the training windows: the data order, saved and restored
+    runner: nn.Module  # what runs forward and backward: the model, then compiled and/or in DDP
+    flops_per_token: float  # of the model, for MFU
+    peak: float | None  # the device's peak FLOP/s, for MFU; None if unknown (a CPU)
+
+    @property
+    def tokens_per_step(self) -> int:
+        c = self.config
+        return c.batch_size * c.grad_accum * self.env.world_size * c.context_length
+
+    def mfu(self, tokens_per_sec: float) -> float | None:
+        """The model FLOPs utilization of a rate: the FLOP/s it means over what the GPUs could do."""
+        if self.peak is None:
+            return None
+        return tokens_per_sec * self.flops_per_token / (self.peak * self.env.world_size)
+
+
+def _build(config: TrainConfig, data: _Data, env: _Dist, device: torch.device) -> _Run:
+    """The model, its optimizer and the data order, alike in every process (all seeded)."""
+    gpt_config = config.gpt_config(data.vocab_size)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model = GPT(gpt_config).to(device)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.fused_adamw)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    return _Run(config, env, device, data.to(device), model, optimizer, generator, runner=model,
+                flops_per_token=flops_per_token(gpt_config), peak=peak_flops(device))
+
+
+# Fields that a resumed run may change: they decide what is logged and saved, and compiling gives
+# the same numbers (to rounding). Every other field changes the run it would continue.
+_RESUMABLE_CHANGES = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "compile"}
+
+
+def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
+    """Raise ValueError, naming the fields, if ``checkpoint`` was saved with other settings."""
+    saved = read_checkpoint_state(checkpoint)["config"]
+    changed = [f"{name} ({saved[name]!r} -> {value!r})" for name, value in asdict(config).items()
+               if name not in _RESUMABLE_CHANGES and saved.get(name) != value]
+    if changed:
+        raise ValueError(f"cannot resume {checkpoint}: it was saved by a run with other settings: "
+                         f"{', '.join(changed)}. Resume with the same flags, or start a new --out")
+
+
+def _dropout_rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """The random state dropout draws from: the CPU's, and this process's GPU's (None on a CPU)."""
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_dropout_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`_dropout_rng_state` returned (from a checkpoint's state)."""
+    torch.set_rng_state(state["rng"])  # dropout's random numbers on the CPU
+    if device.type == "cuda" and state.get("cuda_rng") is not None:  # ... and on the GPU
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def _resume(run: _Run, checkpoint: Path) -> int:
+    """Load ``checkpoint`` into the run: weights, optimizer, data order and dropout's random
+    state, so that the run goes on exactly as if never stopped (refused, with a ValueError, when
+    it was saved with other settings). Returns its step: the last update done."""
+    _check_same_run(checkpoint, run.config)
+    state = load_checkpoint(checkpoint, run.model, run.optimizer)
+    run.generator.set_state(state["generator"])
+    _set_dropout_rng_state(state, run.device)
+    return state["step"]
+
+
+def _compile_and_distribute(run: _Run) -> None:
+    """Set the runner: the model compiled if the config says so, wrapped in DDP under torchrun."""
+    runner: nn.Module = torch.compile(run.model) if run.config.compile else run.model
+    if run.env.enabled:
+        runner = nn.parallel.DistributedDataParallel(
+            runner, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.runner = runner
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _update(run: _Run, step: int) -> tuple[float, Tensor, Tensor | None]:
+    """Update ``step``: set its learning rate (warmup, then cosine decay), run forward and backward
+    over ``grad_accum`` micro-batches, clip the gradients, step the optimizer.
+
+    Returns:
+        ``(lr, loss, grad_norm)``: the learning rate; this process's loss, the mean over its
+        micro-batches (a tensor still on the device: reading it waits for the device); and the
+        global gradient norm before clipping (None when clipping is off).
+    """
+    config, env = run.config, run.env
+    lr = config.lr * warmup_cosine_schedule(step, config.warmup_steps, config.max_steps,
+                                            config.min_lr / config.lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(config.grad_accum):
+        x, y = get_batch(run.data.train_ids, config.batch_size, config.context_length,
+                         run.generator, env.rank, env.world_size)
+        # DDP averages gradients across processes in backward(); between the micro-batches of
+        # one update there is nothing to average yet
+        last = micro == config.grad_accum - 1
+        sync = run.runner.no_sync() if env.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with _autocast(run.device, config.dtype):
+                loss = lm_loss(run.runner(x), y) / config.grad_accum
+            loss.backward()
+        loss_sum += loss.detach()
+    grad_norm = (clip_grad_norm(run.model.parameters(), config.grad_clip)
+                 if config.grad_clip > 0 else None)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr, loss_sum, grad_norm
+
+
+def _mean_over_ranks(value: Tensor, env: _Dist) -> float:
+    if env.enabled:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= env.world_size
+    return float(value)
+
+
+def _evaluate(run: _Run) -> float:
+    """The validation loss: the mean over ``eval_batches`` global batches, the same windows every
+    time, averaged over the processes."""
+    config, env = run.config, run.env
+    run.runner.eval()
+    g = torch.Generator().manual_seed(config.seed + 2)  # the same windows every time
+    total = torch.zeros((), device=run.device)
+    micro_batches = config.eval_batches * config.grad_accum  # global batches, as in training
+    with torch.no_grad(), _autocast(run.device, config.dtype):
+        for _ in range(micro_batches):
+            x, y = get_batch(run.data.val_ids, config.batch_size, config.context_length, g,
+                             env.rank, env.world_size)
+            total += lm_loss(run.runner(x), y).float()
+    run.runner.train()
+    return _mean_over_ranks(total / micro_batches, env)
+
+
+def _save(run: _Run, checkpoint: Path, step: int) -> None:
+    """Save after update ``step`` (rank 0) all that resuming needs: weights, optimizer, the data
+    order, dropout's random state, the settings and the vocabulary. Every rank waits for it."""
+    if run.env.main:
+        save_checkpoint(checkpoint, run.model, run.optimizer, step=step,
+                        generator=run.generator.get_state(), **_dropout_rng_state(run.device),
+                        config=asdict(run.config), chars=run.data.chars,
+                        vocab_size=run.data.vocab_size)
+    if run.env.enabled:
+        dist.barrier()
+
+
 def _write_text_whole(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all: a temporary file beside it, flushed, then renamed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -506,53 +575,6 @@ def _write_text_whole(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _mean_over_ranks(value: Tensor, env: _Dist) -> float:
-    if env.enabled:
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= env.world_size
-    return float(value)
-
-
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def matmul_and_attention(tf32: bool, fused_attention: bool) -> Iterator[None]:
-    """The two global switches of a run, restored on exit.
-
-    Args:
-        tf32: float32 matmuls on TF32 tensor cores
-            (``torch.set_float32_matmul_precision("high")``; ``"highest"`` otherwise).
-        fused_attention: let ``F.scaled_dot_product_attention`` pick a fused kernel; ``False``
-            forces its unfused math kernel (``sdpa_kernel(SDPBackend.MATH)``).
-    """
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    try:
-        with contextlib.nullcontext() if fused_attention else sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-# Fields that a resumed run may change: they decide what is logged and saved, and compiling gives
-# the same numbers (to rounding). Every other field changes the run it would continue.
-_RESUMABLE_CHANGES = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "compile"}
-
-
-def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
-    saved = read_checkpoint_state(checkpoint)["config"]
-    changed = [f"{name} ({saved[name]!r} -> {value!r})" for name, value in asdict(config).items()
-               if name not in _RESUMABLE_CHANGES and saved.get(name) != value]
-    if changed:
-        raise ValueError(f"cannot resume {checkpoint}: it was saved by a run with other settings: "
-                         f"{', '.join(changed)}. Resume with the same flags, or start a new --out")
 
 
 def _read_metrics(path: Path, up_to: int) -> list[str]:
@@ -568,6 +590,88 @@ def _read_metrics(path: Path, up_to: int) -> list[str]:
         if record["step"] <= up_to:
             kept.append(line)
     return kept
+
+
+class _Log:
+    """Where a run reports, and what it sums up: ``metrics.jsonl`` and the progress bar (rank 0
+    only), tokens per second over each interval between lines, the last training and validation
+    losses, the time since the start."""
+
+    def __init__(self, path: Path, run: _Run, start_step: int, progress: bool) -> None:
+        history = _read_metrics(path, start_step) if start_step else []
+        self.file = None
+        if run.env.main:  # the lines up to the checkpoint's step, replaced whole, then appended to
+            _write_text_whole(path, "".join(line + "\n" for line in history))
+            self.file = path.open("a")
+        self.bar = tqdm(total=run.config.max_steps, initial=start_step, desc="training",
+                        unit="step", disable=not (progress and run.env.main), file=progress_file(),
+                        dynamic_ncols=True)
+        self.device = run.device
+        self.rates: list[float] = []  # tokens per second of every interval
+        self.final_loss, self.val_loss = math.nan, None
+        self.began = time.perf_counter()
+        self.new_interval()
+
+    def new_interval(self) -> None:
+        """Start timing anew, once the device has finished the work queued so far."""
+        synchronize(self.device)
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+
+    def count_update(self) -> None:
+        self.interval_steps += 1
+        self.bar.update(1)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time inside out of the interval (saving a checkpoint is not training)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.interval_start += time.perf_counter() - began
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def _report(run: _Run, log: _Log, step: int, lr: float, loss: Tensor, grad_norm: Tensor | None,
+            evaluate: bool) -> None:
+    """Write the line of update ``step``: the loss (the mean over the processes), the learning
+    rate, tokens per second since the last line, the gradient norm, MFU, the time since the
+    start, and when ``evaluate`` the validation loss. The next interval starts after it."""
+    loss_value = _mean_over_ranks(loss, run.env)  # waits for the device: a sync
+    rate = run.tokens_per_step * log.interval_steps / (time.perf_counter() - log.interval_start)
+    log.rates.append(rate)
+    mfu = run.mfu(rate)
+    record: dict[str, Any] = {
+        "step": step, "loss": round(loss_value, 6), "lr": lr, "tokens_per_sec": round(rate, 1),
+        "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+        "mfu": None if mfu is None else round(mfu, 5),
+        "elapsed": round(time.perf_counter() - log.began, 3),
+    }
+    if evaluate:
+        record["val_loss"] = log.val_loss = round(_evaluate(run), 6)
+    log.final_loss = loss_value
+    if log.file is not None:
+        log.file.write(json.dumps(record) + "\n")
+        log.file.flush()
+    log.bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+    log.new_interval()
+
+
+def _summary(run: _Run, log: _Log, last_step: int) -> dict[str, Any]:
+    """What :func:`train` returns (see there)."""
+    rate = sorted(log.rates)[len(log.rates) // 2] if log.rates else None  # the median
+    return {
+        "final_loss": log.final_loss, "val_loss": log.val_loss, "steps": last_step,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "tokens_per_step": run.tokens_per_step, "tokens_per_sec": rate,
+        "mfu": None if rate is None else run.mfu(rate),
+        "seconds": time.perf_counter() - log.began, "world_size": run.env.world_size,
+        "device": str(run.device),
+    }
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -599,175 +703,42 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
-                                   or stop_after < 1):
-        raise ValueError(f"stop_after must be None or a positive int, got {stop_after!r}")
-    last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+    last_step = _last_step(config, stop_after)
     out = _run_folder(out, resume, overwrite)  # every rank checks, before rank 0 writes anything
     env, device = _setup_distributed(device)
+    data = _load_data(config)
+    _prepare_folder(out, overwrite, env)
 
-    if config.data == "stdlib":
-        tokenizer, train_ids, val_ids = load_corpus(config.max_chars, config.max_file_bytes)
-        vocab_size, chars = tokenizer.vocab_size, "".join(tokenizer.chars)
-        if config.vocab_size is not None and config.vocab_size < vocab_size:
-            raise ConfigError(f"vocab_size must be at least the {vocab_size} characters of the "
-                              f"data's tokenizer (or unset), got {config.vocab_size}")
-        if min(len(train_ids), len(val_ids)) <= config.context_length + 1:
-            raise ConfigError(f"max_chars={config.max_chars} (with max_file_bytes="
-                              f"{config.max_file_bytes}) gives {len(train_ids)} training and "
-                              f"{len(val_ids)} validation characters; each must exceed "
-                              f"context_length + 1 = {config.context_length + 1}: raise max_chars")
-    else:
-        vocab_size, chars = config.vocab_size, ""
-        n = max(4 * config.context_length, config.batch_size * config.context_length)
-        g = torch.Generator().manual_seed(config.seed + 3)
-        train_ids = torch.randint(vocab_size, (n,), generator=g)
-        val_ids = torch.randint(vocab_size, (n,), generator=g)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite:  # start over: nothing of the earlier run may mix with this one
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    if env.enabled:
-        dist.barrier()  # no rank reads the folder before rank 0 has cleared it
-    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
-    gpt_config = config.gpt_config(vocab_size)
-
-    torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = GPT(gpt_config).to(device)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.fused_adamw)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    start_step, history = 0, []
+    run = _build(config, data, env, device)
     checkpoint = out / "checkpoint"
-    if resume and latest_checkpoint(checkpoint) is not None:
-        _check_same_run(checkpoint, config)
-        state = load_checkpoint(checkpoint, model, optimizer)
-        start_step = state["step"]
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])  # dropout's random numbers on the CPU
-        if device.type == "cuda" and state.get("cuda_rng") is not None:  # ... and on the GPU
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history = _read_metrics(out / "metrics.jsonl", start_step)
-    runner: nn.Module = torch.compile(model) if config.compile else model
-    if env.enabled:
-        runner = nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None)
+    resuming = resume and latest_checkpoint(checkpoint) is not None
+    start_step = _resume(run, checkpoint) if resuming else 0
+    _compile_and_distribute(run)
 
-    tokens_per_step = config.batch_size * config.grad_accum * env.world_size * config.context_length
-    peak = peak_flops(device)
-    flops = flops_per_token(gpt_config)
-
-    def val_loss() -> float:
-        runner.eval()
-        g = torch.Generator().manual_seed(config.seed + 2)  # the same windows every time
-        total = torch.zeros((), device=device)
-        micro_batches = config.eval_batches * config.grad_accum  # global batches, as in training
-        with torch.no_grad(), _autocast(device, config.dtype):
-            for _ in range(micro_batches):
-                x, y = get_batch(val_ids, config.batch_size, config.context_length, g,
-                                 env.rank, env.world_size)
-                total += lm_loss(runner(x), y).float()
-        runner.train()
-        return _mean_over_ranks(total / micro_batches, env)
-
-    metrics_path = out / "metrics.jsonl"
-    metrics = None
-    if env.main:  # the lines up to the checkpoint's step, replaced whole, then appended to
-        _write_text_whole(metrics_path, "".join(line + "\n" for line in history))
-        metrics = metrics_path.open("a")
-    bar = tqdm(total=config.max_steps, initial=start_step, desc="training", unit="step",
-               disable=not (progress and env.main), file=progress_file(), dynamic_ncols=True)
-    rates: list[float] = []
-    result: dict[str, Any] = {"final_loss": math.nan, "val_loss": None}
-    began = time.perf_counter()
-    runner.train()
+    log = _Log(out / "metrics.jsonl", run, start_step, progress)
+    run.runner.train()
     with matmul_and_attention(config.tf32, config.fused_attention):
-        _synchronize(device)
-        interval_start, interval_steps = time.perf_counter(), 0
+        log.new_interval()
         for step in range(start_step + 1, last_step + 1):
-            lr = config.lr * warmup_cosine_schedule(step, config.warmup_steps, config.max_steps,
-                                                    config.min_lr / config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(config.grad_accum):
-                x, y = get_batch(train_ids, config.batch_size, config.context_length, generator,
-                                 env.rank, env.world_size)
-                # DDP averages gradients across processes in backward(); between the
-                # micro-batches of one update there is nothing to average yet
-                last = micro == config.grad_accum - 1
-                sync = runner.no_sync() if env.enabled and not last else contextlib.nullcontext()
-                with sync:
-                    with _autocast(device, config.dtype):
-                        loss = lm_loss(runner(x), y) / config.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                         if config.grad_clip > 0 else None)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            interval_steps += 1
-            bar.update(1)
-
+            lr, loss, grad_norm = _update(run, step)
+            log.count_update()
             evaluate = step % config.eval_every == 0 or step == last_step
             if step % config.log_every == 0 or evaluate:
-                loss_value = _mean_over_ranks(loss_sum, env)  # waits for the device: a sync
-                elapsed = time.perf_counter() - interval_start
-                rate = tokens_per_step * interval_steps / elapsed
-                rates.append(rate)
-                record: dict[str, Any] = {
-                    "step": step, "loss": round(loss_value, 6), "lr": lr,
-                    "tokens_per_sec": round(rate, 1),
-                    "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
-                    "mfu": None if peak is None else round(rate * flops / (peak * env.world_size), 5),
-                    "elapsed": round(time.perf_counter() - began, 3),
-                }
-                if evaluate:
-                    record["val_loss"] = round(val_loss(), 6)
-                    result["val_loss"] = record["val_loss"]
-                result["final_loss"] = loss_value
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
-                _synchronize(device)
-                interval_start, interval_steps = time.perf_counter(), 0
-
+                _report(run, log, step, lr, loss, grad_norm, evaluate)
             if (config.checkpoint_every and step % config.checkpoint_every == 0) \
                     or step == last_step:
-                if env.main:
-                    save_checkpoint(checkpoint, model, optimizer, step=step,
-                                    generator=generator.get_state(), rng=torch.get_rng_state(),
-                                    cuda_rng=torch.cuda.get_rng_state(device)
-                                    if device.type == "cuda" else None,
-                                    config=asdict(config), chars=chars, vocab_size=vocab_size)
-                if env.enabled:
-                    dist.barrier()
-                interval_start = time.perf_counter()  # saving is not training time
-    bar.close()
-    if metrics is not None:
-        metrics.close()
-    median_rate = sorted(rates)[len(rates) // 2] if rates else None
-    result.update({
-        "steps": last_step, "parameters": sum(p.numel() for p in model.parameters()),
-        "tokens_per_step": tokens_per_step, "tokens_per_sec": median_rate,
-        "mfu": None if peak is None or median_rate is None
-        else median_rate * flops / (peak * env.world_size),
-        "seconds": time.perf_counter() - began, "world_size": env.world_size, "device": str(device),
-    })
-    return result
+                with log.paused():
+                    _save(run, checkpoint, step)
+    log.close()
+    return _summary(run, log, last_step)
 
 
 # --- the command --------------------------------------------------------------------------------
 
 
 def _field_reasons() -> dict[str, str]:
-    """Each TrainConfig field's reason, from the comment beside it (one source for --help)."""
-    try:
-        source = inspect.getsource(TrainConfig)
-    except (OSError, TypeError):  # no source files (a frozen application)
-        return {}
-    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+    """Each TrainConfig field's reason, from the field's metadata: what ``--help`` shows."""
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig) if f.metadata.get("help")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -796,8 +767,7 @@ def _parser() -> argparse.ArgumentParser:
                                 help=help_text)
         else:
             parser.add_argument(flag, type=types[f.type], default=None, help=help_text,
-                                choices={"dtype": ["float32", "bfloat16"],
-                                         "data": ["stdlib", "random"]}.get(f.name))
+                                choices=f.metadata.get("choices"))
     return parser
 
 

@@ -36,6 +36,7 @@ from transformer_lib.checks.engine import (
     randomize,
     register,
 )
+from transformer_lib.efficiency import flops_per_token
 from transformer_lib.gpt import GPT, GPTConfig, lm_loss
 from transformer_lib.training import clip_grad_norm, warmup_cosine_schedule
 
@@ -172,9 +173,6 @@ def _flops_reference(case: Case) -> float:
 
 
 def _flops_package(case: Case) -> float:
-    # imported here: transformer_lib.train brings in the training command's dependencies
-    from transformer_lib.train import flops_per_token
-
     return float(flops_per_token(case.inputs["config"]))
 
 
@@ -263,7 +261,7 @@ def _flops_mistakes() -> list[Mistake]:
 def check_flops_per_token(fn: Callable[..., Any]) -> None:
     """Check ``fn(config: GPTConfig) -> float``, the training FLOPs per token (forward and
     backward) of a :class:`transformer_lib.GPT` at ``T = config.context_length``, as
-    :func:`transformer_lib.train.flops_per_token`: :math:`6N + 12LTD` with
+    :func:`transformer_lib.efficiency.flops_per_token`: :math:`6N + 12LTD` with
     :math:`N = L(4D^2 + 2DF) + DV`, the weights that multiply activations.
 
     Agreement to 1% is enough (counting the biases and LayerNorms too is fine). The configs have
