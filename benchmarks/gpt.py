@@ -9,12 +9,12 @@ For each size, two models compute the same function with the same weights:
   our argument checks or helper layers: the speed a plain implementation gets.
 
 The two are checked to give the same loss first. On the CPU, times are the process's CPU time
-(steadier than wall time on a shared machine; ``--clock wall`` for wall time). A training step is forward + ``lm_loss`` +
-backward + an AdamW step (each model has its own optimizer). Each repeat times a few steps of one
-model, then of the other (alternating which goes first); the table shows the median time per
-step of each and the median of the per-repeat ratios, ours / minimal (below 1.0: ours is
-faster), with their interquartile range. On a shared machine the range widens; rerun with more
-repeats.
+(steadier than wall time on a shared machine; ``--clock wall`` for wall time). A training step is
+forward + ``lm_loss`` + backward + an AdamW step (each model has its own optimizer). Each repeat
+times a few steps of one model, then of the other (alternating which goes first); the table shows
+the median time per step of each and the median of the per-repeat ratios, ours / minimal (below 1.0:
+ours is faster), with their interquartile range. On a shared machine the range widens; rerun with
+more repeats.
 
 Generation: greedy ``GPT.generate`` of one sequence from an 8-token prompt up to the context
 length, with and without the KV cache, in tokens per second.

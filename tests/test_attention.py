@@ -44,7 +44,8 @@ def test_matches_torch_outputs_and_gradients(shape, dtype):
         grad_out = torch.randn(*shape[:-4], shape[-4], shape[-1], dtype=dtype)
         ours, _ = scaled_dot_product_attention(*ours_in, mask=mask)
         theirs = F.scaled_dot_product_attention(*theirs_in, attn_mask=mask)
-        tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+        tol = ({"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32
+               else {"rtol": 1e-10, "atol": 1e-12})
         torch.testing.assert_close(ours, theirs, **tol, msg=lambda m, name=name: f"{name}: {m}")
         ours.backward(grad_out)
         theirs.backward(grad_out)
@@ -210,16 +211,27 @@ def test_padding_mask_rejects_bad_tokens():
 @pytest.mark.parametrize(
     ("args", "kwargs", "pattern"),
     [
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.randn(2, 4, 5)), {}, r"key must have the query's feature size Dk=8"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 5, 5)), {}, r"value must have one row per key"),
-        ((torch.randn(2, 3, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 5)), {}, r"broadcastable batch dimensions"),
-        ((torch.randn(8), torch.randn(4, 8), torch.randn(4, 5)), {}, r"query must have shape \(\.\.\., length, features\)"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.randn(2, 4, 5)), {},
+         r"key must have the query's feature size Dk=8"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 5, 5)), {},
+         r"value must have one row per key"),
+        ((torch.randn(2, 3, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 5)), {},
+         r"broadcastable batch dimensions"),
+        ((torch.randn(8), torch.randn(4, 8), torch.randn(4, 5)), {},
+         r"query must have shape \(\.\.\., length, features\)"),
         ((torch.randn(3, 8), torch.randn(4, 8).double(), torch.randn(4, 5)), {}, r"share a dtype"),
         ((torch.ones(3, 8, dtype=torch.long),) * 3, {}, r"query must be a floating-point tensor"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 3, 4)}, r"mask must be a bool tensor \(True = may attend\)"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 3, 5, dtype=torch.bool)}, r"mask of shape \(2, 3, 5\) does not broadcast to the attention scores' shape \(\.\.\., T, S\) = \(2, 3, 4\)"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"mask": torch.ones(2, 1, 1, 4, dtype=torch.bool)}, r"mask of shape \(2, 1, 1, 4\) does not broadcast"),
-        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"dropout_p": 1.5}, r"dropout_p must be a probability"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)),
+         {"mask": torch.ones(2, 3, 4)}, r"mask must be a bool tensor \(True = may attend\)"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)),
+         {"mask": torch.ones(2, 3, 5, dtype=torch.bool)},
+         r"mask of shape \(2, 3, 5\) does not broadcast to the attention scores' shape "
+         r"\(\.\.\., T, S\) = \(2, 3, 4\)"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)),
+         {"mask": torch.ones(2, 1, 1, 4, dtype=torch.bool)},
+         r"mask of shape \(2, 1, 1, 4\) does not broadcast"),
+        ((torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 5)), {"dropout_p": 1.5},
+         r"dropout_p must be a probability"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(args, kwargs, pattern):

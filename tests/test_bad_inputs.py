@@ -41,10 +41,12 @@ def test_a_tiny_temperature_is_greedy_not_nan():
     g = torch.Generator().manual_seed(0)
     assert sample_next_token(logits, temperature=1e-39, generator=g).tolist() == [1, 0]
     # an ordinary temperature gives the plain softmax
-    torch.testing.assert_close(next_token_probs(logits, temperature=0.7), (logits / 0.7).softmax(-1))
+    torch.testing.assert_close(next_token_probs(logits, temperature=0.7),
+                               (logits / 0.7).softmax(-1))
 
 
-@pytest.mark.parametrize("row", [[float("-inf")] * 3, [0.0, float("inf"), 1.0], [0.0, float("nan"), 1.0]])
+@pytest.mark.parametrize("row",
+                         [[float("-inf")] * 3, [0.0, float("inf"), 1.0], [0.0, float("nan"), 1.0]])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_row_with_nothing_to_sample_is_a_clear_error(row, temperature):
     logits = torch.tensor([[1.0, 2.0, 3.0], row])
@@ -67,7 +69,9 @@ def test_seq2seq_tokenizer_decodes_one_sequence_and_names_a_batch():
     tokenizer = Seq2SeqTokenizer.from_texts(["abc"])
     ids = torch.tensor(tokenizer.encode("cab", add_bos=True, add_eos=True))
     assert tokenizer.decode(ids) == "cab"
-    with pytest.raises(ValueError, match=r"ids must be one sequence.*got a tensor of shape \(2, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"ids must be one sequence.*got a tensor of shape \(2, 5\)"):
         tokenizer.decode(torch.stack([ids, ids]))
-    with pytest.raises(ValueError, match=r"ids must be one sequence of ints, got an element \[1, 2\]"):
+    with pytest.raises(ValueError,
+                       match=r"ids must be one sequence of ints, got an element \[1, 2\]"):
         tokenizer.decode([[1, 2]])

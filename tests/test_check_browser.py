@@ -30,7 +30,8 @@ def write_png(path: Path, width: int, height: int, text: dict[str, str] | None =
               dpi: float = 100.0) -> Path:
     """A white PNG, with text chunks and a resolution, written without any imaging library."""
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
 
     rows = b"".join(b"\0" + b"\xff" * 3 * width for _ in range(height))
     per_metre = round(dpi / 0.0254)
@@ -71,9 +72,9 @@ def clean_book(root: Path) -> None:
     page(root, "index.html",
          '<section id="intro"><h1>Title</h1>'
          '<p>A <a href="other.html#part">link</a>, <a href="#intro">an anchor</a>, '
-         '<a href="https://arxiv.org/abs/1706.03762">a paper</a> and <a href="other.html">a page</a>.</p>'
-         '<p>Code is not TeX: <code>$\\frac{a}{b}$</code>, and neither is a price of $5 or $10.</p>'
-         '<pre>\\begin{align} x \\end{align}</pre>'
+         '<a href="https://arxiv.org/abs/1706.03762">a paper</a> and <a href="other.html">a '
+         'page</a>.</p><p>Code is not TeX: <code>$\\frac{a}{b}$</code>, '
+         'and neither is a price of $5 or $10.</p><pre>\\begin{align} x \\end{align}</pre>'
          '<div class="cell_output"><div class="output stream"><pre>loss 0.25</pre></div>'
          '<img src="_images/fig.png" style="width: 600px; max-width: 100%"></div>'
          '<div style="overflow-x: auto"><table><tr><td style="min-width: 900px">wide</td></tr>'
@@ -181,8 +182,8 @@ def test_figure_text_that_renders_too_small_is_found(browser, tmp_path):
     write_png(tmp_path / "plain.png", 1000, 400, {"smallest-text-px": "none"})
     page(tmp_path, "p.html",
          '<section id="fig"><div style="width: 600px; max-width: 100%">'
-         '<img src="small.png" style="max-width: 100%"><img src="unrecorded.png" style="width: 500px; max-width: 100%">'
-         '<img src="plain.png" style="max-width: 100%"></div></section>')
+         '<img src="small.png" style="max-width: 100%"><img src="unrecorded.png" style="width: '
+         '500px; max-width: 100%"><img src="plain.png" style="max-width: 100%"></div></section>')
     found = problems(browser, tmp_path, "p.html")
     assert len(found) == 2, found
     # 11.11 px text in an image shown at 600 / 1200 on the desktop page, 374 / 1200 on the phone
@@ -192,7 +193,8 @@ def test_figure_text_that_renders_too_small_is_found(browser, tmp_path):
         "its size), under 9 px: enlarge that text, or make the figure narrower")
     assert found[1].startswith("figure 2 in #fig (unrecorded.png): records no text size")
     # shown at 500 / 1000 on the desktop page and 374 / 1000 on the phone: the phone decides
-    assert found[1].endswith("its text must be at least 24.1 px in the image, 17.3 pt at its 100 dpi")
+    assert found[1].endswith("its text must be at least 24.1 px in the image, "
+                             "17.3 pt at its 100 dpi")
 
 
 def test_a_redirect_page_is_followed_not_rendered(browser, tmp_path):
@@ -201,7 +203,8 @@ def test_a_redirect_page_is_followed_not_rendered(browser, tmp_path):
     (tmp_path / "old.html").write_text('<meta http-equiv="Refresh" content="0; url=gone.html" />')
     report = check_browser.check_page(browser, tmp_path / "index.html", tmp_path, {})
     assert report.problems == [] and report.notes == ["a redirect to book.html: not rendered"]
-    assert problems(browser, tmp_path, "old.html") == ["redirects to gone.html, which does not exist"]
+    assert (problems(browser, tmp_path, "old.html")
+            == ["redirects to gone.html, which does not exist"])
 
 
 def test_main_reports_pages_and_fails(tmp_path, capsys):

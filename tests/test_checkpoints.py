@@ -99,15 +99,17 @@ def test_a_save_that_dies_leaves_the_previous_or_the_new_checkpoint_whole(tmp_pa
     save_checkpoint(tmp_path / "ckpt", second, step=3)
     assert load_checkpoint(tmp_path / "ckpt", loaded)["step"] == 3 and same_weights(loaded, second)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "state.pt"]
+    assert (sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+            == ["model.safetensors", "state.pt"])
 
 
 def test_a_refused_load_changes_nothing(tmp_path):
     save_checkpoint(tmp_path / "small", model(1), torch.optim.Adam(model(1).parameters()), step=1)
     bigger = model(2, replace(CONFIG, d_ff=48))
     before = {k: v.clone() for k, v in bigger.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"model.safetensors was saved from a model with another "
-                                              r"config: d_ff \(32 saved, 48 in the model\)"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors was saved from a model "
+                                              r"with another config: d_ff \(32 saved, "
+                       r"48 in the model\)"):
         load_checkpoint(tmp_path / "small", bigger)
     assert all(torch.equal(before[k], v) for k, v in bigger.state_dict().items())
     # a config that shapes cannot see (num_heads) is refused too
@@ -208,6 +210,7 @@ def test_a_run_killed_at_many_moments_resumes_to_the_same_result(tmp_path):
 
     def without_timing(text):
         keep = ("step", "loss", "lr", "grad_norm", "val_loss")
-        return [{k: v for k, v in json.loads(line).items() if k in keep} for line in text.splitlines()]
+        return [{k: v for k, v in json.loads(line).items() if k in keep}
+                for line in text.splitlines()]
 
     assert without_timing((out / "metrics.jsonl").read_text()) == without_timing(straight)

@@ -40,7 +40,8 @@ def test_at_most_a_tenth_of_the_rejections_are_generic():
     rows, table = catalogue.counts(ENTRIES)
     print(table)
     for what, wrong, _, generic, _ in rows:
-        assert 10 * generic <= wrong, f"{what}: {generic} of {wrong} rejections are generic\n{table}"
+        assert 10 * generic <= wrong, (f"{what}: {generic} of {wrong} rejections are "
+                                       f"generic\n{table}")
     for check in checks.__all__:  # every check has both kinds of entry
         kinds = {e.diagnosis is None for e in ENTRIES if e.check == check}
         assert kinds == {True, False}, f"{check}: {kinds}\n{table}"

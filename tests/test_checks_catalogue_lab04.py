@@ -14,7 +14,7 @@ from checks_catalogue import GENERIC
 
 from transformer_lib import causal_mask, length_penalty
 
-# --- exercise 1: greedy decoding --------------------------------------------------------------------
+# --- exercise 1: greedy decoding ------------------------------------------------------------------
 
 
 def greedy_no_padding_no_cut(model, src, max_len, bos_id, eos_id, src_mask=None):
@@ -190,18 +190,24 @@ def greedy_argmax_over_the_batch(model, src, max_len, bos_id, eos_id, src_mask=N
 
 
 WRONG_GREEDY = {
-    "finished rows keep appending, never cut": (greedy_no_padding_no_cut, "your sequences go on after EOS"),
-    "softmax over the batch": (greedy_softmax_over_batch, "the softmax before the argmax runs over the batch"),
+    "finished rows keep appending, never cut": (greedy_no_padding_no_cut,
+                                                "your sequences go on after EOS"),
+    "softmax over the batch": (greedy_softmax_over_batch,
+                               "the softmax before the argmax runs over the batch"),
     "log_softmax over the positions": (greedy_log_softmax_over_positions,
                                        "the log_softmax runs over the positions"),
-    "only the last token decoded": (greedy_feeds_only_the_last_token, "each step decodes only the newest token"),
+    "only the last token decoded": (greedy_feeds_only_the_last_token,
+                                    "each step decodes only the newest token"),
     "mask only for the encoder": (greedy_mask_only_for_the_encoder,
                                   "src_mask is passed to model.encode but not to model.decode"),
     "no mask at all": (greedy_without_the_mask, "src_mask is ignored"),
-    "scores[:, 0]": (greedy_first_position, "the next token is read from the first position's logits"),
+    "scores[:, 0]": (greedy_first_position,
+                     "the next token is read from the first position's logits"),
     "one step short": (greedy_one_step_short, "yours makes one fewer"),
-    "finished rows padded with 0, not cut": (greedy_pads_with_zeros, "your sequences go on after EOS"),
-    "argmax over the batch": (greedy_argmax_over_the_batch, "the argmax over the vocabulary, dim=-1"),
+    "finished rows padded with 0, not cut": (greedy_pads_with_zeros,
+                                             "your sequences go on after EOS"),
+    "argmax over the batch": (greedy_argmax_over_the_batch,
+                              "the argmax over the vocabulary, dim=-1"),
 }
 
 
@@ -238,7 +244,7 @@ def greedy_log_probs_and_list_cut(model, src, max_len, bos_id, eos_id, src_mask=
 
 CORRECT_GREEDY = [greedy_per_source_while_loop, greedy_log_probs_and_list_cut]
 
-# --- exercise 2: the log-probability of a sequence -------------------------------------------------
+# --- exercise 2: the log-probability of a sequence ------------------------------------------------
 
 
 def log_prob_cross_entropy_without_minus(model, src, tgt, src_mask=None):
@@ -315,17 +321,20 @@ def log_prob_product_of_probabilities(model, src, tgt, src_mask=None):
 
 
 WRONG_LOG_PROB = {
-    "cross_entropy without the minus": (log_prob_cross_entropy_without_minus, "the sign is flipped"),
+    "cross_entropy without the minus": (log_prob_cross_entropy_without_minus,
+                                        "the sign is flipped"),
     "torch.roll targets": (log_prob_rolled_targets, "torch.roll wraps around"),
     "shifted backwards": (log_prob_shifted_backwards, "the shift goes the wrong way"),
-    "log_softmax over the batch": (log_prob_log_softmax_over_batch, "the log_softmax runs over the batch"),
+    "log_softmax over the batch": (log_prob_log_softmax_over_batch,
+                                   "the log_softmax runs over the batch"),
     "mask only for the decoder": (log_prob_mask_only_for_the_decoder,
                                   "src_mask is passed to model.decode but not to model.encode"),
     "loop from t=2": (log_prob_loop_from_two, "the first token after BOS is not scored"),
     "summed over the vocabulary": (log_prob_summed_over_the_vocabulary, GENERIC),
     "mean cross-entropy": (log_prob_mean_cross_entropy, "this is the mean over the tokens"),
     "the inputs as targets": (log_prob_inputs_as_targets, "the targets are not shifted"),
-    "product of probabilities": (log_prob_product_of_probabilities, "this is the probability p(y | x)"),
+    "product of probabilities": (log_prob_product_of_probabilities,
+                                 "this is the probability p(y | x)"),
 }
 
 
@@ -353,7 +362,7 @@ def log_prob_logsumexp(model, src, tgt, src_mask=None):
 
 CORRECT_LOG_PROB = [log_prob_flat_cross_entropy, log_prob_one_hot, log_prob_logsumexp]
 
-# --- exercise 3: the best candidates ----------------------------------------------------------------
+# --- exercise 3: the best candidates --------------------------------------------------------------
 
 
 def top_token_major(log_probs, next_log_probs, n):
@@ -444,19 +453,24 @@ def top_scores_of_the_new_token(log_probs, next_log_probs, n):
 
 WRONG_TOP = {
     "flattened token-major": (top_token_major, "the candidates are flattened token-major"),
-    "batch axis moved before the reshape": (top_transposed_batch, "the reshape to (B, k * V) mixes the sources"),
-    "beams as floats": (top_float_beams, "the dtype of the beams is torch.float32, expected torch.int64 "
-                                         "(beams are indices of hypotheses"),
+    "batch axis moved before the reshape": (top_transposed_batch,
+                                            "the reshape to (B, k * V) mixes the sources"),
+    "beams as floats": (top_float_beams, "the dtype of the beams is torch.float32, "
+                                         "expected torch.int64 (beams are indices of hypotheses"),
     "true division": (top_true_division, "index // V keeps that dtype, while / or torch.div"),
-    "scores in float32": (top_scores_in_float32, "the dtype of the scores is torch.float32, expected "
-                                                 "torch.float64 (the scores are sums of log-probabilities"),
+    "scores in float32": (top_scores_in_float32, "the dtype of the scores is torch.float32, "
+                                                 "expected torch.float64 (the scores are sums of "
+                                                 "log-probabilities"),
     "ascending sort": (top_ascending_sort, "the n best candidates, but worst first"),
     "topk of each row of (B * k, V)": (top_per_hypothesis, "that is the top n of each hypothesis"),
-    "ranked by the new token": (top_new_tokens_only, "ranked by the new token's log-probability alone"),
+    "ranked by the new token": (top_new_tokens_only,
+                                "ranked by the new token's log-probability alone"),
     "divmod by k": (top_divmod_by_k, "beams must be in [0, k)"),
-    "tokens and beams swapped": (top_tokens_then_beams, "yours returns the tokens where the beams go"),
+    "tokens and beams swapped": (top_tokens_then_beams,
+                                 "yours returns the tokens where the beams go"),
     "the new token's log-probability as the score": (top_scores_of_the_new_token,
-                                                     "is not the total of any of its own candidates"),
+                                                     "is not the total of any of its "
+                                                     "own candidates"),
 }
 
 
@@ -469,7 +483,8 @@ def top_unravel(log_probs, next_log_probs, n):
 
 def top_descending_sort(log_probs, next_log_probs, n):
     B, k, V = next_log_probs.shape
-    values, index = (log_probs[:, :, None] + next_log_probs).reshape(B, -1).sort(dim=1, descending=True)
+    values, index = (log_probs[:, :, None]
+                     + next_log_probs).reshape(B, -1).sort(dim=1, descending=True)
     index = index[:, :n]
     return values[:, :n], torch.div(index, V, rounding_mode="floor"), torch.remainder(index, V)
 
@@ -487,7 +502,7 @@ def top_heapq(log_probs, next_log_probs, n):
 
 CORRECT_TOP = [top_unravel, top_descending_sort, top_heapq]
 
-# --- exercise 4: beam search ------------------------------------------------------------------------
+# --- exercise 4: beam search ----------------------------------------------------------------------
 
 
 def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_without_eos=False,
@@ -502,7 +517,8 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
         memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)
         if src_mask is not None:
             src_mask = src_mask.expand(B, 1, 1, src.size(1))
-            src_mask = src_mask.repeat(k, 1, 1, 1) if tiled_mask else src_mask.repeat_interleave(k, dim=0)
+            src_mask = (src_mask.repeat(k, 1, 1, 1) if tiled_mask
+                        else src_mask.repeat_interleave(k, dim=0))
         tokens = torch.full((B * k, 1), bos_id, dtype=torch.long)
         log_probs = torch.full((B, k), -math.inf)
         log_probs[:, 0] = 0.0
@@ -523,7 +539,8 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
             new_log_probs = torch.full((B, k), -math.inf)
             for b in range(B):
                 live = 0
-                for score, beam, word in zip(scores[b].tolist(), beams[b].tolist(), words[b].tolist()):
+                for score, beam, word in zip(scores[b].tolist(), beams[b].tolist(),
+                                             words[b].tolist()):
                     if done[b] or live == k or score == -math.inf:
                         break
                     row = beam if row_without_offset else b * k + beam
@@ -579,7 +596,8 @@ def beam_finished_stay_in_the_beam(model, src, max_len, bos_id, eos_id, beam_siz
     """Each source on its own; finished hypotheses stay in the beam, and the answer is its top."""
     answers = []
     for b in range(src.size(0)):
-        mask = None if src_mask is None else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1]
+        mask = (None if src_mask is None
+                else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         beam = [(0.0, [bos_id])]
         for _ in range(max_len):
@@ -604,12 +622,14 @@ WRONG_BEAM = {
                                               "repeat_interleave"),
     "one step short": (beam_like_the_lab(steps=-1), "the search runs one step short"),
     "one step too many": (beam_like_the_lab(steps=1), "the search runs one step too many"),
-    "|y| without EOS": (beam_like_the_lab(length_without_eos=True), "the length |y| leaves out EOS"),
+    "|y| without EOS": (beam_like_the_lab(length_without_eos=True),
+                        "the length |y| leaves out EOS"),
     "penalty divided twice": (beam_like_the_lab(divide_again=True),
                               "divided by the length penalty twice"),
     "normalized at every step": (beam_like_the_lab(normalize_each_step=True),
                                  "divided by the length penalty at every step"),
-    "row = beam": (beam_like_the_lab(row_without_offset=True), "the row it continues is b * k + beam"),
+    "row = beam": (beam_like_the_lab(row_without_offset=True),
+                   "the row it continues is b * k + beam"),
     "hypotheses not reordered": (beam_like_the_lab(reorder=False), "the rows are not reordered"),
     "stopping bound at the current length": (beam_like_the_lab(bound_at_current_length=True),
                                              "the stopping rule underestimates"),
@@ -617,7 +637,8 @@ WRONG_BEAM = {
                                         "the hypotheses that end with EOS are not divided"),
     "first row of the final beam": (beam_like_the_lab(return_first_row=True),
                                     "you return the first row of each source's final beam"),
-    "EOS is an ordinary token": (beam_like_the_lab(eos_is_a_token=True), "finished hypotheses are extended"),
+    "EOS is an ordinary token": (beam_like_the_lab(eos_is_a_token=True),
+                                 "finished hypotheses are extended"),
     "finished kept in the beam, length_alpha unused": (beam_finished_stay_in_the_beam,
                                                         "length_alpha is ignored"),
 }
@@ -628,7 +649,8 @@ def beam_per_source_heap(model, src, max_len, bos_id, eos_id, beam_size=4, src_m
     """One source at a time; heapq picks the candidates."""
     results = []
     for b in range(src.size(0)):
-        mask = None if src_mask is None else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1]
+        mask = (None if src_mask is None
+                else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         live, done = [(0.0, [bos_id])], []
         for t in range(1, max_len + 1):
@@ -648,7 +670,8 @@ def beam_per_source_heap(model, src, max_len, bos_id, eos_id, beam_size=4, src_m
                 else:
                     new_live.append((score, ids))
             live = new_live
-            if done and max(s for s, _ in done) >= live[0][0] / length_penalty(max_len, length_alpha):
+            if (done and max(s for s, _ in done)
+                    >= live[0][0] / length_penalty(max_len, length_alpha)):
                 break
         else:
             done += [(lp / length_penalty(max_len, length_alpha), ids) for lp, ids in live]

@@ -16,7 +16,7 @@ from torch import nn
 
 from transformer_lib import GPT, lm_loss
 
-# --- exercise 1: FLOPs per token -------------------------------------------------------------------
+# --- exercise 1: FLOPs per token ------------------------------------------------------------------
 
 
 def flops_forward_factor_on_weights(config):
@@ -119,11 +119,14 @@ WRONG_FLOPS = {
     "one layer": (flops_one_layer, "the layers are counted once"),
     "output projection per layer": (flops_head_inside_the_layer_loop,
                                     "the output projection (D·V) is counted once per layer"),
-    "attention once": (flops_attention_once, "the attention term is counted once, not once per layer"),
+    "attention once": (flops_attention_once,
+                       "the attention term is counted once, not once per layer"),
     "attention with the head size": (flops_attention_per_head_size,
                                      "the attention term uses the head size D/H"),
-    "attention over T * T pairs": (flops_attention_t_squared, "per window, not per token (12·L·T²·D)"),
-    "attention with T for D": (flops_attention_t_instead_of_d, "the attention term has T where D belongs"),
+    "attention over T * T pairs": (flops_attention_t_squared,
+                                   "per window, not per token (12·L·T²·D)"),
+    "attention with T for D": (flops_attention_t_instead_of_d,
+                               "the attention term has T where D belongs"),
     "F = 4 * D": (flops_gpt_ffn_width, "use config.d_ff (here F = 1000, not 4·D = 1536)"),
     "every matrix": (flops_every_matrix, "your N includes the embedding tables"),
     "two token tables": (flops_two_token_tables, "the token table is counted twice"),
@@ -501,7 +504,8 @@ def step_autograd_backward(model, optimizer, micro_batches, dtype=None, max_norm
     return float(np.mean(losses))
 
 
-CORRECT_TRAIN_STEP = [step_grads_divided_afterwards, step_with_a_grad_scaler, step_autograd_backward]
+CORRECT_TRAIN_STEP = [step_grads_divided_afterwards, step_with_a_grad_scaler,
+                      step_autograd_backward]
 
 
 # --- exercise 3: the learning-rate schedule ------------------------------------------------------

@@ -37,14 +37,16 @@ def text(error):
 
 
 def test_a_verdict_shows_the_message_first_and_only_the_learners_line():
-    errors = run(WRONG, "checks.check_attention(attention)", STUB, "x = 1\nchecks.check_attention(stub)",
+    errors = run(WRONG, "checks.check_attention(attention)", STUB,
+                 "x = 1\nchecks.check_attention(stub)",
                  "stub(1, 2, 3)", "assert 1 == 2, 'a plain assert'")
     wrong, not_done, direct, plain = errors[1][0], errors[3][0], errors[4][0], errors[5][0]
 
     shown = text(wrong)
     assert shown.startswith("AssertionError: check_attention: the scores are not scaled"), shown
     assert "(check_attention failed, called at line 1: checks.check_attention(attention))" in shown
-    assert "engine.py" not in shown and "lab01_attention.py" not in shown and "Traceback" not in shown
+    assert ("engine.py" not in shown and "lab01_attention.py" not in shown
+            and "Traceback" not in shown)
     assert len(shown.splitlines()) <= 12, shown
     assert wrong.ename == "AssertionError" and wrong.evalue.startswith("check_attention: ")
 

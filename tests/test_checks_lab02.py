@@ -114,7 +114,8 @@ class NoOutputProjection(LearnerMHA):
 
 class ScaleByModelWidth(LearnerMHA):
     def attend(self, q, k, v, mask):
-        return scaled_dot_product_attention(q, k, v, mask, scale=1 / math.sqrt(q.size(1) * q.size(-1)))
+        return scaled_dot_product_attention(q, k, v, mask,
+                                            scale=1 / math.sqrt(q.size(1) * q.size(-1)))
 
 
 class SelfAttentionOnly(LearnerMHA):
@@ -212,7 +213,8 @@ class LoopOverHeads(LearnerMHA):
             if mask is not None:
                 head_mask = mask if mask.dim() < 4 else mask[:, h if mask.size(1) > 1 else 0]
             p = self.dropout if self.training else 0.0
-            o, w = scaled_dot_product_attention(q[..., cols], k[..., cols], v[..., cols], head_mask, p)
+            o, w = scaled_dot_product_attention(q[..., cols], k[..., cols], v[..., cols],
+                                                head_mask, p)
             outs.append(o)
             weights.append(w)
         out = self.out_proj(torch.cat(outs, dim=-1))

@@ -50,13 +50,15 @@ catalogue.accepted("check_feed_forward", [FeedForward], cases=6)
 WRONG_SUBLAYER = {
     "placements swapped": (lambda x, f, norm, drop, nf: norm(x + drop(f(x))) if nf
                            else x + drop(f(norm(x))), "norm_first=False (post-LN"),
-    "always post-LN": (lambda x, f, norm, drop, nf: norm(x + drop(f(x))), "norm_first=True must give pre-LN"),
+    "always post-LN": (lambda x, f, norm, drop, nf: norm(x + drop(f(x))),
+                       "norm_first=True must give pre-LN"),
     "no residual": (lambda x, f, norm, drop, nf: drop(f(norm(x))) if nf else norm(drop(f(x))),
                     "residual connection is missing"),
     "residual from norm(x)": (lambda x, f, norm, drop, nf: (lambda n: n + drop(f(n)))(norm(x)) if nf
                               else norm(x + drop(f(x))), "adds the input x itself"),
     "dropout after the sum": (lambda x, f, norm, drop, nf: drop(x + f(norm(x))) if nf
-                              else norm(drop(x + f(x))), "dropout is applied after the residual sum"),
+                              else norm(drop(x + f(x))),
+                              "dropout is applied after the residual sum"),
     "dropout forgotten": (lambda x, f, norm, drop, nf: x + f(norm(x)) if nf else norm(x + f(x)),
                           "dropout is not applied"),
 }
@@ -159,7 +161,8 @@ WRONG_ENCODER = {
     "norms swapped": (EncoderNormsSwapped, "norms are swapped"),
     "layer_norm_eps ignored": (EncoderPlainLayerNorm, "layer_norm_eps is ignored"),
     "feed-forward as nn.Sequential": (EncoderSequentialFFN, "missing: ffn.linear1.weight"),
-    "pre-LN with a norm after each sum": (EncoderPreLNWithExtraNorms, "no norm after each residual"),
+    "pre-LN with a norm after each sum": (EncoderPreLNWithExtraNorms,
+                                          "no norm after each residual"),
 }
 
 catalogue.wrong("check_encoder_layer", WRONG_ENCODER)
@@ -186,7 +189,8 @@ class LearnerDecoderLayer(DecoderLayer):
     def forward(self, x, memory, self_mask=None, memory_mask=None):
         sublayers = self.sublayers(memory, self_mask, memory_mask)
         for block, norm in zip(sublayers, [self.norm1, self.norm2, self.norm3]):
-            x = x + self.dropout(block(norm(x))) if self.norm_first else norm(x + self.dropout(block(x)))
+            x = (x + self.dropout(block(norm(x))) if self.norm_first
+                 else norm(x + self.dropout(block(x))))
         return x
 
 
@@ -236,8 +240,10 @@ WRONG_DECODER = {
     "causal mask in cross-attention": (DecoderCausalInCross, "applied to the cross-attention too"),
     "memory ignored": (DecoderIgnoresMemory, "does not look at memory"),
     "norm_first ignored": (DecoderAlwaysPreLN, "norm_first=False (post-LN"),
-    "memory normalized in pre-LN": (DecoderNormsMemory, "memory goes into the cross-attention as it is"),
-    "cross-attention first": (DecoderCrossFirst, "wrong order: self-attention, then cross-attention"),
+    "memory normalized in pre-LN": (DecoderNormsMemory,
+                                    "memory goes into the cross-attention as it is"),
+    "cross-attention first": (DecoderCrossFirst,
+                              "wrong order: self-attention, then cross-attention"),
 }
 
 catalogue.wrong("check_decoder_layer", WRONG_DECODER)

@@ -89,7 +89,8 @@ def greedy_item_per_batch(model, src, max_len, bos_id, eos_id, src_mask=None):
 
 
 def greedy_returns_a_tensor(model, src, max_len, bos_id, eos_id, src_mask=None):
-    return torch.nn.utils.rnn.pad_sequence(greedy_decode(model, src, max_len, bos_id, eos_id, src_mask),
+    return torch.nn.utils.rnn.pad_sequence(greedy_decode(model, src, max_len, bos_id, eos_id,
+                                                         src_mask),
                                            batch_first=True, padding_value=eos_id)
 
 
@@ -98,10 +99,12 @@ def greedy_stub(model, src, max_len, bos_id, eos_id, src_mask=None):
 
 
 WRONG_GREEDY = {
-    "never stops at EOS": (greedy_with(stop="never", trim=False, fill_eos=False), "do not stop at EOS"),
+    "never stops at EOS": (greedy_with(stop="never", trim=False, fill_eos=False),
+                           "do not stop at EOS"),
     "rows not cut after EOS": (greedy_with(trim=False, fill_eos=False), "go on after EOS"),
     "rows padded with EOS": (greedy_with(trim=False), "padded with EOS"),
-    "batch stops at the first EOS": (greedy_with(stop="any"), "stops when its first row reaches EOS"),
+    "batch stops at the first EOS": (greedy_with(stop="any"),
+                                     "stops when its first row reaches EOS"),
     "first position's logits": (greedy_with(position=0), "first position's logits"),
     "src_mask ignored": (greedy_with(use_mask=False), "src_mask is ignored"),
     "no BOS": (greedy_with(bos=False), "leave out BOS"),
@@ -120,12 +123,13 @@ def test_check_greedy_decode_shows_the_sequences():
         checks.check_greedy_decode(greedy_with(bos=False))
     message = str(info.value)
     assert "case 1 of 6 (a table model, 3 sources that finish at different steps" in message
-    assert "source 1: yours    [6, 7, 8, 2] (D E F EOS)\n            expected [1, 6, 7, 8, 2] (BOS D E F EOS)" \
-        in message
+    assert ("source 1: yours    [6, 7, 8, 2] (D E F EOS)\n"
+            "            expected [1, 6, 7, 8, 2] (BOS D E F EOS)" in message)
 
 
 def test_check_greedy_decode_stub():
-    with pytest.raises(NotImplementedError, match="Exercise 1 \\(Greedy decoding\\) is not done yet"):
+    with pytest.raises(NotImplementedError,
+                       match="Exercise 1 \\(Greedy decoding\\) is not done yet"):
         checks.check_greedy_decode(greedy_stub)
 
 
@@ -181,7 +185,8 @@ WRONG_LOG_PROB = {
     "mean": (log_prob_with(reduce="mean"), "the mean over the tokens"),
     "probability": (log_prob_with(reduce="exp"), "this is the probability p(y | x)"),
     "one number per token": (log_prob_with(reduce="none"), "sum over the positions"),
-    "first token skipped": (log_prob_with(skip_first=True), "the first token after BOS is not scored"),
+    "first token skipped": (log_prob_with(skip_first=True),
+                            "the first token after BOS is not scored"),
     "src_mask ignored": (log_prob_with(use_mask=False), "src_mask is ignored"),
 }
 
@@ -311,7 +316,8 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
             new_log_probs = torch.full((B, k), -math.inf)
             for b in range(B):
                 live = 0
-                for value, row, word in zip(top[b].tolist(), rows_of[b].tolist(), words[b].tolist()):
+                for value, row, word in zip(top[b].tolist(), rows_of[b].tolist(),
+                                            words[b].tolist()):
                     if done[b] or value == -math.inf or (live == k and not every_eos):
                         break
                     if word == eos_id and eos == "aside":
@@ -352,7 +358,8 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
                 if not done[b] and pick != "finished":
                     for j in range(k):
                         if log_probs[b, j] > -math.inf:
-                            finished[b].append((penalized(log_probs[b, j].item(), max_len, length_alpha),
+                            finished[b].append((penalized(log_probs[b, j].item(), max_len,
+                                                          length_alpha),
                                                 tokens[b * k + j].tolist()))
         out = []
         for b in range(B):
@@ -377,7 +384,8 @@ def beam_search_per_source(model, src, max_len, bos_id, eos_id, beam_size=4, src
     """Correct, unbatched: one source at a time, hypotheses as (score, ids) pairs."""
     answers = []
     for b in range(src.size(0)):
-        mask = None if src_mask is None else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1]
+        mask = (None if src_mask is None
+                else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         beam, finished = [(0.0, [bos_id])], []
         for t in range(1, max_len + 1):
@@ -424,21 +432,25 @@ WRONG_BEAM = {
     "finished hypotheses extended": (beam_with(eos="extend"), "finished hypotheses are extended"),
     "finished extended, then cut": (beam_with(eos="trimmed"), "finished hypotheses are extended"),
     "top-k over the whole batch": (beam_with(topk="batch"), "the top-k runs over the whole batch"),
-    "memory tiled, not interleaved": (beam_with(memory="tile"), "the rows of memory do not line up"),
+    "memory tiled, not interleaved": (beam_with(memory="tile"),
+                                      "the rows of memory do not line up"),
     "rows not reordered": (beam_with(reorder=False), "the rows are not reordered"),
     "stops at the first finished": (beam_with(stop="first"), "stops at the first hypothesis"),
     "stops after k finished": (beam_with(stop="k"), "stops when k hypotheses have finished"),
     "returns the last finished": (beam_with(pick="last"), "the last hypothesis to finish"),
     "returns the top of the beam": (beam_with(pick="live"), "you return a hypothesis of the beam"),
-    "live hypotheses never count": (beam_with(pick="finished"), "the live hypotheses count as finished"),
-    "every EOS set aside": (beam_with(every_eos=True), "every EOS among the 2k candidates is set aside"),
+    "live hypotheses never count": (beam_with(pick="finished"),
+                                    "the live hypotheses count as finished"),
+    "every EOS set aside": (beam_with(every_eos=True),
+                            "every EOS among the 2k candidates is set aside"),
     "mean log-probability": (beam_with(penalty="mean"), "mean log-probability"),
     "src_mask ignored": (beam_with(use_mask=False), "src_mask is ignored"),
     "EOS left out": (beam_with(keep_eos=False), "leave out their final EOS"),
     "length_alpha ignored": (beam_with(penalty="ignored"), "length_alpha is ignored"),
     "penalty multiplies": (beam_with(penalty="multiply"), "multiplies the log-probability"),
     "length counts BOS": (beam_with(penalty="with_bos"), "the length |y| counts BOS"),
-    "stopping rule without the penalty": (beam_with(stop="raw"), "the stopping rule underestimates"),
+    "stopping rule without the penalty": (beam_with(stop="raw"),
+                                          "the stopping rule underestimates"),
     "top k candidates only": (beam_with(candidates=1), "the beam shrinks"),
 }
 
@@ -465,7 +477,8 @@ catalogue.accepted("check_beam_search", {
 def test_check_beam_search_without_length_alpha(capsys):
     checks.check_beam_search(beam_search_contract_only)
     out = capsys.readouterr().out
-    assert out.startswith("check_beam_search: all 8 cases pass (your function takes no length_alpha")
+    assert out.startswith("check_beam_search: all 8 cases pass (your function takes no "
+                          "length_alpha")
     with pytest.raises(AssertionError, match="all k hypotheses start live"):
         checks.check_beam_search(lambda model, src, max_len, bos_id, eos_id, beam_size=4,
                                  src_mask=None: beam_with(start="all")(

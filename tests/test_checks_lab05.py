@@ -81,14 +81,16 @@ def flops_stub(config):
 
 WRONG_FLOPS = {
     "forward only": (flops_with(backward=0, attention=4), "forward pass only"),
-    "backward as one forward": (flops_with(backward=2, attention=8), "backward pass is counted as one"),
+    "backward as one forward": (flops_with(backward=2, attention=8),
+                                "backward pass is counted as one"),
     "no attention term": (flops_with(attention=0), "attention term is missing"),
     "attention forward only": (flops_with(attention=4), "attention term counts only the forward"),
     "attention halved": (flops_with(attention=6), "attention term is halved"),
     "attention times heads": (flops_with(heads=True), "multiplied by the number of heads"),
     "attention per window": (flops_with(window=True), "per window, not per token"),
     "per window": (flops_with(per_window=True), "divide by T"),
-    "every parameter": (flops_every_parameter, "position embeddings are a lookup, not a multiplication"),
+    "every parameter": (flops_every_parameter,
+                        "position embeddings are a lookup, not a multiplication"),
     "every parameter, no attention": (flops_every_parameter_no_attention,
                                       "add the attention term"),
     "position table": (flops_with(positions=True), "position-embedding table (C·D) is counted"),
@@ -124,7 +126,8 @@ def test_check_flops_per_token_reports_the_learners_exception():
 
 def test_check_flops_per_token_stub():
     with pytest.raises(NotImplementedError,
-                       match=r"^check_flops_per_token: Exercise 1 \(FLOPs per token\) is not done yet\. "):
+                       match=r"^check_flops_per_token: Exercise 1 \(FLOPs per token\) is "
+                             r"not done yet\. "):
         checks.check_flops_per_token(flops_stub)
 
 
@@ -467,7 +470,8 @@ WRONG_LR = {
     "linear decay": (lr_with(decay=lambda p, M, m: M - (M - m) * p), "the decay is linear"),
     "not held at min_lr": (lr_with(clamp=False), "yours follows the cosine back up"),
     "0 after total_steps": (lr_zero_after_the_end, "not drop to 0"),
-    "a full cosine": (lr_with(decay=lambda p, M, m: m + 0.5 * (M - m) * (1 + math.cos(2 * math.pi * p))),
+    "a full cosine": (lr_with(decay=lambda p, M, m: m + 0.5 * (M - m)
+                              * (1 + math.cos(2 * math.pi * p))),
                       "a full cosine period"),
     "no 1 + cos": (lr_with(decay=lambda p, M, m: m + (M - m) * math.cos(math.pi * p)),
                    "which goes below min_lr"),
@@ -491,7 +495,8 @@ def test_check_lr_schedule_division_by_zero_gets_a_hint():
     with pytest.raises(AssertionError) as info:
         checks.check_lr_schedule(lr_divides_by_warmup)
     message = str(info.value)
-    assert "your code raised ZeroDivisionError" in message and "warm = step / warmup_steps" in message
+    assert ("your code raised ZeroDivisionError" in message
+            and "warm = step / warmup_steps" in message)
     assert "hint: warmup_steps=0 means no warmup" in message
 
 
@@ -592,7 +597,8 @@ def save_state_stub(path, model, optimizer, step, generator):
 WRONG_RESUME = {
     "no return": ((save_state, load_state_no_return), "load_state returned None"),
     "the next step": ((save_state, load_state_next_step), "load_state returned 4: return the step"),
-    "weights not loaded": ((save_state, load_state_into_a_copy), "the model's weights were not loaded"),
+    "weights not loaded": ((save_state, load_state_into_a_copy),
+                           "the model's weights were not loaded"),
     "another model's weights": ((save_state_a_new_model, load_state),
                                 "the model's weights differ from the ones saved"),
     "optimizer not saved": ((save_state_without_optimizer, load_state_without_optimizer),

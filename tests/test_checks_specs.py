@@ -46,7 +46,8 @@ def test_the_reference_is_the_packages_function(spec_and_cases):
     spec, cases = spec_and_cases
     assert cases
     for case in cases:
-        assert spec.agree(spec.reference(case), spec.package(case)), f"{spec.check}: {case.describe()}"
+        assert spec.agree(spec.reference(case), spec.package(case)), (
+            f"{spec.check}: {case.describe()}")
 
 
 def test_every_mistake_shows_on_some_case(spec_and_cases):

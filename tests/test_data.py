@@ -42,7 +42,8 @@ def test_generator_is_deterministic(splits):
     assert again == splits
     other = make_date_splits(num_train=3000, num_valid=300, num_test=300, num_unseen=300, seed=1)
     assert other.train != splits.train
-    assert [len(s) for s in (splits.train, splits.valid, splits.test, splits.unseen)] == [3000, 300, 300, 300]
+    assert ([len(s) for s in (splits.train, splits.valid, splits.test, splits.unseen)]
+            == [3000, 300, 300, 300])
 
 
 def test_splits_share_no_date(splits):
@@ -54,7 +55,8 @@ def test_splits_share_no_date(splits):
 
 
 def _all_days():
-    return [FIRST_DATE + datetime.timedelta(days=i) for i in range((LAST_DATE - FIRST_DATE).days + 1)]
+    return [FIRST_DATE + datetime.timedelta(days=i)
+            for i in range((LAST_DATE - FIRST_DATE).days + 1)]
 
 
 def test_unseen_formats_are_unseen(splits):
@@ -87,9 +89,9 @@ def test_format_names_are_the_formats_of_3_march_2021():
         assert format_date(datetime.date(2021, 3, 3), template) == name
 
 
-@pytest.mark.parametrize("n, expected", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"),
-                                         (12, "12th"), (13, "13th"), (21, "21st"), (22, "22nd"),
-                                         (23, "23rd"), (30, "30th"), (31, "31st")])
+@pytest.mark.parametrize("n, expected", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"),
+                                         (11, "11th"), (12, "12th"), (13, "13th"), (21, "21st"),
+                                         (22, "22nd"), (23, "23rd"), (30, "30th"), (31, "31st")])
 def test_ordinal(n, expected):
     assert ordinal(n) == expected
 
@@ -114,7 +116,8 @@ def test_tokenizer_round_trip_and_specials(splits, tokenizer):
             assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
             assert len(ids) == len(text) + 2 and tokenizer.decode(ids) == text
     assert Seq2SeqTokenizer(tokenizer.chars).tokens == tokenizer.tokens
-    assert len(tokenizer) == tokenizer.vocab_size == 4 + len(set("".join(p.source + p.target for p in splits.train)))
+    assert (len(tokenizer) == tokenizer.vocab_size
+            == 4 + len(set("".join(p.source + p.target for p in splits.train))))
 
 
 def test_tokenizer_unknown_characters(tokenizer):
@@ -137,13 +140,15 @@ def test_collate_shapes_shift_and_masks(splits, tokenizer):
     assert isinstance(batch, TranslationBatch)
     lengths = [len(p.source) for p in splits.train[:5]]
     B, S, T = 5, max(lengths), 11  # ten characters and EOS to predict
-    assert batch.src.shape == (B, S) and batch.tgt_in.shape == (B, T) and batch.tgt_out.shape == (B, T)
+    assert (batch.src.shape == (B, S) and batch.tgt_in.shape == (B, T)
+            and batch.tgt_out.shape == (B, T))
     assert batch.src_mask.shape == (B, 1, 1, S) and batch.tgt_mask.shape == (B, 1, T, T)
     assert batch.src_mask.dtype == batch.tgt_mask.dtype == torch.bool
     for b, n in enumerate(lengths):
         assert batch.src_mask[b, 0, 0].tolist() == [True] * n + [False] * (S - n)
         assert (batch.src[b, n:] == tokenizer.pad_id).all()
-    assert (batch.tgt_in[:, 0] == tokenizer.bos_id).all() and (batch.tgt_out[:, -1] == tokenizer.eos_id).all()
+    assert ((batch.tgt_in[:, 0] == tokenizer.bos_id).all()
+            and (batch.tgt_out[:, -1] == tokenizer.eos_id).all())
     assert torch.equal(batch.tgt_in[:, 1:], batch.tgt_out[:, :-1])  # shifted by one
     assert torch.equal(batch.tgt_mask[0, 0], causal_mask(T))
     assert batch.num_tokens == B * T
@@ -159,7 +164,8 @@ def test_collate_pads_targets_with_ignore_index():
     assert batch.tgt_out.tolist() == [[8, 2, IGNORE_INDEX, IGNORE_INDEX], [8, 9, 9, 2]]
     assert batch.num_tokens == 6
     # padded decoder inputs are hidden from every query; causal order is kept
-    assert batch.tgt_mask[0, 0].tolist() == [[True, False, False, False], [True, True, False, False],
+    assert batch.tgt_mask[0, 0].tolist() == [[True, False, False, False],
+                                             [True, True, False, False],
                                             [True, True, True, False], [True, True, True, False]]
     assert batch.src_mask[1, 0, 0].tolist() == [True, False, False]
     with pytest.raises(ValueError, match="examples"):
@@ -199,7 +205,8 @@ def test_bucket_sampler_arguments():
         BucketBatchSampler([3, 4], batch_size=0)
     with pytest.raises(ValueError, match="bucket_size"):
         BucketBatchSampler([3, 4], batch_size=8, bucket_size=4)
-    assert len(BucketBatchSampler(list(range(115)), batch_size=10, bucket_size=50)) == 12  # 5 + 5 + 2
+    assert (len(BucketBatchSampler(list(range(115)), batch_size=10, bucket_size=50))
+            == 12)  # 5 + 5 + 2
 
 
 def test_works_with_dataloader(splits, tokenizer):

@@ -58,7 +58,8 @@ def test_shapes_and_dtypes(T, S, dtype):
 
 
 def test_submodules_and_final_norm():
-    layer = DecoderLayer(8, 2, 16, activation="gelu", norm_first=True, layer_norm_eps=1e-6, bias=False)
+    layer = DecoderLayer(8, 2, 16, activation="gelu", norm_first=True, layer_norm_eps=1e-6,
+                         bias=False)
     names = {name for name, _ in layer.named_children()}
     assert names == {"self_attn", "cross_attn", "ffn", "norm1", "norm2", "norm3", "dropout"}
     assert layer.ffn.activation == "gelu" and layer.norm3.eps == 1e-6 and layer.norm1.bias is None
@@ -69,7 +70,8 @@ def test_submodules_and_final_norm():
     assert Decoder(2, 8, 2, 16, norm_first=True, final_norm=False).norm is None
     stack = Decoder(3, 8, 2, 16)
     weights = [layer.cross_attn.v_proj.weight for layer in stack.layers]
-    assert not torch.equal(weights[0], weights[1]) and weights[0].data_ptr() != weights[1].data_ptr()
+    assert (not torch.equal(weights[0], weights[1])
+            and weights[0].data_ptr() != weights[1].data_ptr())
 
 
 def test_attention_weights_match_the_masks_and_the_forward_pass():
@@ -89,7 +91,8 @@ def test_attention_weights_match_the_masks_and_the_forward_pass():
     h = layer.norm1(x + attended)
     v = layer.cross_attn.v_proj(memory).view(2, 3, 4, 4).transpose(1, 2)  # (B, H, S, Dh)
     h = layer.norm2(h + layer.cross_attn.out_proj((cross_w @ v).transpose(1, 2).reshape(2, 4, 16)))
-    torch.testing.assert_close(layer.norm3(h + layer.ffn(h)), layer(x, memory, self_mask, memory_mask))
+    torch.testing.assert_close(layer.norm3(h + layer.ffn(h)),
+                               layer(x, memory, self_mask, memory_mask))
 
 
 def test_dropout_only_in_training_mode():
@@ -147,7 +150,8 @@ def test_fully_masked_rows_give_no_nan_forward_or_backward():
     decoder = Decoder(2, 16, 4, 32, dropout=0.0, norm_first=True)
     x = torch.randn(2, 4, 16, requires_grad=True)
     memory = torch.randn(2, 3, 16, requires_grad=True)
-    no_source = torch.tensor([True, False]).view(2, 1, 1, 1).expand(2, 1, 1, 3)  # batch 1: all padding
+    # batch 1: all padding
+    no_source = torch.tensor([True, False]).view(2, 1, 1, 1).expand(2, 1, 1, 3)
     no_target = torch.zeros(4, 4, dtype=torch.bool)  # no query may attend to anything
     for self_mask in (causal_mask(4), no_target):
         y = decoder(x, memory, self_mask, no_source)
@@ -193,18 +197,22 @@ def test_bad_num_layers():
 @pytest.mark.parametrize(
     ("x_shape", "memory_shape", "masks", "error", "pattern"),
     [
-        ((2, 4, 8), (2, 3, 6), {}, ValueError, r"memory must have shape \(B, S, D\) with D = d_model = 8"),
+        ((2, 4, 8), (2, 3, 6), {}, ValueError,
+         r"memory must have shape \(B, S, D\) with D = d_model = 8"),
         ((2, 4, 8), (3, 8), {}, ValueError, r"memory must have shape \(B, S, D\)"),
-        ((2, 4, 6), (2, 3, 8), {}, ValueError, r"x must have shape \(B, T, D\) with D = d_model = 8"),
+        ((2, 4, 6), (2, 3, 8), {}, ValueError,
+         r"x must have shape \(B, T, D\) with D = d_model = 8"),
         ((4, 8), (2, 3, 8), {}, ValueError, r"x must have shape \(B, T, D\)"),
         ((2, 4, 8), (1, 3, 8), {}, ValueError, r"memory must have x's batch size B = 2"),
         ((2, 4, 8), (2, 3, 8), {"self_mask": torch.ones(3, 3, dtype=torch.bool)}, ValueError,
          r"self_mask of shape \(3, 3\) does not broadcast to \(B, H, T, T\) = \(2, 2, 4, 4\)"),
-        ((2, 4, 8), (2, 3, 8), {"memory_mask": torch.ones(2, 1, 1, 4, dtype=torch.bool)}, ValueError,
-         r"memory_mask of shape \(2, 1, 1, 4\) does not broadcast to \(B, H, T, S\) = \(2, 2, 4, 3\)"),
+        ((2, 4, 8), (2, 3, 8), {"memory_mask": torch.ones(2, 1, 1, 4, dtype=torch.bool)},
+         ValueError, r"memory_mask of shape \(2, 1, 1, 4\) does not broadcast to "
+         r"\(B, H, T, S\) = \(2, 2, 4, 3\)"),
         ((2, 4, 8), (2, 3, 8), {"memory_mask": torch.ones(1, 3)}, ValueError,
          r"memory_mask must be a bool tensor \(True = may attend\), got dtype torch.float32"),
-        ((2, 4, 8), (2, 3, 8), {"self_mask": [[True]]}, TypeError, r"self_mask must be a bool torch.Tensor"),
+        ((2, 4, 8), (2, 3, 8), {"self_mask": [[True]]}, TypeError,
+         r"self_mask must be a bool torch.Tensor"),
     ],
 )
 def test_bad_inputs_name_the_argument(x_shape, memory_shape, masks, error, pattern):
@@ -219,9 +227,11 @@ def test_bad_inputs_name_the_argument(x_shape, memory_shape, masks, error, patte
 
 def test_memory_of_another_dtype_or_type():
     layer = DecoderLayer(8, 2, 16)
-    with pytest.raises(ValueError, match=r"memory must have x's dtype torch.float32, got torch.float64"):
+    with pytest.raises(ValueError,
+                       match=r"memory must have x's dtype torch.float32, got torch.float64"):
         layer(torch.randn(1, 2, 8), torch.randn(1, 3, 8, dtype=torch.float64))
-    with pytest.raises(TypeError, match=r"memory must be a torch.Tensor of shape \(B, S, D\), got list"):
+    with pytest.raises(TypeError,
+                       match=r"memory must be a torch.Tensor of shape \(B, S, D\), got list"):
         layer(torch.randn(1, 2, 8), [[0.0] * 8])
 
 
@@ -311,8 +321,10 @@ def test_gradients_match_pytorch():
     ours(x, memory, causal_mask(5)).square().sum().backward()
     theirs(x, memory, tgt_mask=~causal_mask(5), tgt_is_causal=True).square().sum().backward()
     torch.testing.assert_close(ours.cross_attn.k_proj.weight.grad,
-                               theirs.multihead_attn.in_proj_weight.grad[8:16], **TOL[torch.float64])
-    torch.testing.assert_close(ours.norm3.weight.grad, theirs.norm3.weight.grad, **TOL[torch.float64])
+                               theirs.multihead_attn.in_proj_weight.grad[8:16],
+                               **TOL[torch.float64])
+    torch.testing.assert_close(ours.norm3.weight.grad, theirs.norm3.weight.grad,
+                               **TOL[torch.float64])
 
 
 # --- from_torch details -----------------------------------------------------------------------
@@ -334,17 +346,20 @@ def test_from_torch_copies_weights_into_the_right_places():
 
 
 def test_from_torch_keeps_settings_and_mode():
-    theirs = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.2, activation=F.gelu, layer_norm_eps=1e-3,
-                                        norm_first=True, bias=False)
+    theirs = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.2, activation=F.gelu,
+                                        layer_norm_eps=1e-3, norm_first=True, bias=False)
     ours = from_torch(theirs)
     assert ours.training and ours.norm_first and ours.ffn.activation == "gelu"
     assert ours.dropout.p == ours.ffn.dropout.p == 0.2
     assert ours.self_attn.dropout == ours.cross_attn.dropout == 0.2
     assert all(getattr(ours, f"norm{i}").eps == 1e-3 for i in (1, 2, 3))
-    assert ours.ffn.linear1.bias is None and ours.norm2.bias is None and ours.cross_attn.out_proj.bias is None
+    assert (ours.ffn.linear1.bias is None and ours.norm2.bias is None
+            and ours.cross_attn.out_proj.bias is None)
     assert not from_torch(theirs.eval()).training
-    assert from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.GELU())).ffn.activation == "gelu"
-    assert from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.ReLU())).ffn.activation == "relu"
+    assert (from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.GELU())).ffn.activation
+            == "gelu")
+    assert (from_torch(nn.TransformerDecoderLayer(8, 2, 16, activation=nn.ReLU())).ffn.activation
+            == "relu")
 
 
 def test_from_torch_decoder_with_and_without_norm():
@@ -390,16 +405,23 @@ def test_need_weights_gives_the_output_and_the_weights_of_one_pass(norm_first):
     decoder = _randomize_(Decoder(3, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
     tgt, src = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]]), torch.tensor([[3, 4, 5], [9, 0, 0]])
     self_mask, memory_mask = causal_mask(4) & padding_mask(tgt, 0), padding_mask(src, 0)
-    x, memory = torch.randn(2, 4, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64)
+    x, memory = (torch.randn(2, 4, 16, dtype=torch.float64),
+                 torch.randn(2, 3, 16, dtype=torch.float64))
     out, (self_w, cross_w) = layer(x, memory, self_mask, memory_mask, need_weights=True)
     torch.testing.assert_close(out, layer(x, memory, self_mask, memory_mask), **TOL[torch.float64])
-    for got, expected in zip((self_w, cross_w), _weights_by_hand(layer, x, memory, self_mask, memory_mask)):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # what attention_weights gave before
-    for got, expected in zip(layer.attention_weights(x, memory, self_mask, memory_mask), (self_w, cross_w)):
+    for got, expected in zip((self_w, cross_w),
+                             _weights_by_hand(layer, x, memory, self_mask, memory_mask)):
+        # what attention_weights gave before
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for got, expected in zip(layer.attention_weights(x, memory, self_mask, memory_mask),
+                             (self_w, cross_w)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     out, per_layer = decoder(x, memory, self_mask, memory_mask, need_weights=True)
-    torch.testing.assert_close(out, decoder(x, memory, self_mask, memory_mask), **TOL[torch.float64])
-    assert len(per_layer) == 3 and decoder.attention_weights(x, memory, self_mask, memory_mask)[2][1].shape == (2, 4, 4, 3)
+    torch.testing.assert_close(out, decoder(x, memory, self_mask, memory_mask),
+                               **TOL[torch.float64])
+    assert (len(per_layer) == 3
+            and decoder.attention_weights(x, memory, self_mask, memory_mask)[2][1].shape
+            == (2, 4, 4, 3))
     h = x
     for pair, one in zip(per_layer, decoder.layers, strict=True):
         for got, expected in zip(pair, _weights_by_hand(one, h, memory, self_mask, memory_mask)):
@@ -413,7 +435,8 @@ def test_cached_decoder_in_pieces_equals_one_pass(norm_first):
 
     torch.manual_seed(0)
     decoder = _randomize_(Decoder(2, 16, 4, 32, dropout=0.0, norm_first=norm_first)).double().eval()
-    x, memory = torch.randn(2, 6, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    x, memory = (torch.randn(2, 6, 16, dtype=torch.float64),
+                 torch.randn(2, 5, 16, dtype=torch.float64))
     memory_mask = padding_mask(torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]]), 0)
     full, full_weights = decoder(x, memory, causal_mask(6), memory_mask, need_weights=True)
     caches, pieces = [LayerCache() for _ in decoder.layers], []

@@ -108,7 +108,8 @@ def test_beam_search_is_exact_with_a_beam_as_wide_as_the_tree():
     model = tiny_transformer(seed=1, tgt_vocab_size=4, pad_id=None)
     src = torch.randint(2, 11, (2, 5))
     max_len = 3
-    out, scores = beam_search(model, src, max_len, BOS, EOS, beam_size=4 ** max_len, return_scores=True)
+    out, scores = beam_search(model, src, max_len, BOS, EOS, beam_size=4 ** max_len,
+                              return_scores=True)
     for b in range(2):  # brute force over every sequence of at most max_len tokens
         candidates = []
         for n in range(1, max_len + 1):
@@ -163,12 +164,14 @@ def test_length_penalty_formula_and_effect():
     [
         (dict(beam_size=0), ValueError, "beam_size must be a positive int"),
         (dict(max_len=0), ValueError, "max_len must be a positive int"),
-        (dict(bos_id=12), ValueError, r"bos_id=12 is outside the model's target vocabulary \[0, 12\)"),
+        (dict(bos_id=12), ValueError,
+         r"bos_id=12 is outside the model's target vocabulary \[0, 12\)"),
         (dict(eos_id=-1), ValueError, "eos_id must be a non-negative int"),
         (dict(src=torch.tensor([[3, 12]])), ValueError, r"src contains the id 12"),
         (dict(src=torch.tensor([3, 4])), ValueError, r"src must be a \(B, S\) tensor"),
         (dict(length_alpha=-1.0), ValueError, "length_alpha must be >= 0"),
-        (dict(src_mask=torch.ones(3, 3, dtype=torch.bool)), ValueError, r"src_mask must broadcast to \(B, 1, 1, S\)"),
+        (dict(src_mask=torch.ones(3, 3, dtype=torch.bool)), ValueError,
+         r"src_mask must broadcast to \(B, 1, 1, S\)"),
     ],
 )
 def test_bad_arguments(kwargs, error, pattern):
@@ -197,8 +200,8 @@ def test_incremental_decoder_runs_the_models_decode_with_its_caches():
     memory = model.encode(src, src_mask)
     calls = []
     for layer in model.decoder.layers:  # the decoder's only way in: the layers' forward
-        layer.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("cache")),
-                                    with_kwargs=True)
+        layer.register_forward_hook(
+            lambda module, args, kwargs, out: calls.append(kwargs.get("cache")), with_kwargs=True)
     stepper = IncrementalDecoder(model, memory, src_mask)
     assert stepper.length == 0 and len(stepper.caches) == 2
     assert isinstance(stepper.caches[0], LayerCache) and stepper.caches[0].cross_attn.cross
@@ -207,7 +210,8 @@ def test_incremental_decoder_runs_the_models_decode_with_its_caches():
         full = torch.log_softmax(model.decode(prefix, memory, src_mask)[:, -1], dim=-1)
         torch.testing.assert_close(stepper(prefix), full, atol=1e-5, rtol=1e-5)
         assert stepper.length == step
-        assert [(c.self_attn.length, c.cross_attn.length) for c in stepper.caches] == [(step, 7)] * 2
+        assert ([(c.self_attn.length, c.cross_attn.length) for c in stepper.caches]
+                == [(step, 7)] * 2)
         prefix = torch.cat([prefix, full.argmax(-1, keepdim=True)], dim=1)
     assert calls[-2:] == stepper.caches and calls[0] is None  # the full decodes pass no cache
     # beam search's reorder: the rows of every cache, of the memory and of the mask follow
@@ -215,7 +219,8 @@ def test_incremental_decoder_runs_the_models_decode_with_its_caches():
     keys = stepper.caches[1].self_attn.keys.clone()
     stepper.reorder(index)
     torch.testing.assert_close(stepper.caches[1].self_attn.keys, keys[index], rtol=0, atol=0)
-    full = torch.log_softmax(model.decode(prefix[index], memory[index], src_mask[index])[:, -1], dim=-1)
+    full = torch.log_softmax(model.decode(prefix[index], memory[index], src_mask[index])[:, -1],
+                             dim=-1)
     torch.testing.assert_close(stepper(prefix[index]), full, atol=1e-5, rtol=1e-5)
     empty = AttentionCache()
     empty.reorder(index)  # nothing cached yet: nothing to reorder
@@ -235,5 +240,6 @@ def test_decode_with_a_cache_in_pieces_and_its_weights():
     second, weights = model.decode(tgt[:, 3:], memory, cache=caches, need_weights=True)
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-10, atol=1e-10)
     for (self_w, cross_w), (full_self, full_cross) in zip(weights, full_weights, strict=True):
-        torch.testing.assert_close(self_w, full_self[:, :, 3:], rtol=1e-10, atol=1e-10)  # (B, H, 5, 8)
+        torch.testing.assert_close(self_w, full_self[:, :, 3:], rtol=1e-10,
+                                   atol=1e-10)  # (B, H, 5, 8)
         torch.testing.assert_close(cross_w, full_cross[:, :, 3:], rtol=1e-10, atol=1e-10)

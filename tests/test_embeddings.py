@@ -34,7 +34,8 @@ def rotary_complex(x: torch.Tensor, positions: torch.Tensor, base: float = 10000
     theta = rotary_frequencies(x.size(-1), base, dtype=torch.float64)
     angle = positions.double()[..., None] * theta
     z = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous())
-    return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).flatten(-2).to(x.dtype)
+    return (torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle))
+            .flatten(-2).to(x.dtype))
 
 
 def rotary_half(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -283,7 +284,8 @@ def test_rotary_positions_broadcast_and_fractional():
     torch.testing.assert_close(out[0], apply_rotary(x[0]))
     torch.testing.assert_close(out[1], apply_rotary(x[1], torch.arange(10, 15)))
     half = apply_rotary(x, torch.arange(5) / 2)
-    torch.testing.assert_close(half[..., 2, :], apply_rotary(x[..., 2:3, :], torch.tensor([1]))[..., 0, :])
+    torch.testing.assert_close(half[..., 2, :],
+                               apply_rotary(x[..., 2:3, :], torch.tensor([1]))[..., 0, :])
 
 
 def test_rotary_low_precision_keeps_dtype():

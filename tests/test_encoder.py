@@ -35,7 +35,8 @@ def test_feed_forward_equation_and_gelu():
     for activation, act in (("relu", F.relu), ("gelu", F.gelu)):
         ffn = randomize_(FeedForward(8, 32, activation=activation))
         x = torch.randn(3, 4, 8)
-        expected = act(x @ ffn.linear1.weight.T + ffn.linear1.bias) @ ffn.linear2.weight.T + ffn.linear2.bias
+        expected = act(x @ ffn.linear1.weight.T
+                       + ffn.linear1.bias) @ ffn.linear2.weight.T + ffn.linear2.bias
         torch.testing.assert_close(ffn(x), expected)
 
 
@@ -50,7 +51,8 @@ def test_sublayer_connection_orders():
     norm = randomize_(nn.LayerNorm(8))
     x = torch.randn(2, 3, 8)
     f = torch.tanh
-    torch.testing.assert_close(sublayer_connection(x, f, norm, nn.Identity(), False), norm(x + f(x)))
+    torch.testing.assert_close(sublayer_connection(x, f, norm, nn.Identity(), False),
+                               norm(x + f(x)))
     torch.testing.assert_close(sublayer_connection(x, f, norm, nn.Identity(), True), x + f(norm(x)))
 
 
@@ -147,15 +149,19 @@ def test_dropout_only_in_training():
     ("build", "pattern"),
     [
         (lambda: FeedForward(8, 0), "d_ff must be a positive int"),
-        (lambda: FeedForward(8, 16, activation="swish"), r"activation must be one of \['gelu', 'relu'\], got 'swish'"),
+        (lambda: FeedForward(8, 16, activation="swish"),
+         r"activation must be one of \['gelu', 'relu'\], got 'swish'"),
         (lambda: EncoderLayer(8, 2, 16, dropout=1.5), "dropout must be a probability"),
         (lambda: EncoderLayer(10, 3, 16), "d_model must be divisible by num_heads"),
         (lambda: EncoderLayer(8, 2, 16, activation="tanh"), "activation must be one of"),
         (lambda: Encoder(0, 8, 2, 16), "num_layers must be a positive int"),
-        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps=0.0), "layer_norm_eps must be a positive finite"),
+        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps=0.0),
+         "layer_norm_eps must be a positive finite"),
         (lambda: EncoderLayer(8, 2, 16, layer_norm_eps=-1e-5), "layer_norm_eps must be a positive"),
-        (lambda: Encoder(2, 8, 2, 16, layer_norm_eps=float("nan")), "layer_norm_eps must be a positive"),
-        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps="1e-5"), "layer_norm_eps must be a positive"),
+        (lambda: Encoder(2, 8, 2, 16, layer_norm_eps=float("nan")),
+         "layer_norm_eps must be a positive"),
+        (lambda: EncoderLayer(8, 2, 16, layer_norm_eps="1e-5"),
+         "layer_norm_eps must be a positive"),
     ],
 )
 def test_bad_constructor_arguments(build, pattern):

@@ -17,7 +17,8 @@ def write_notebook(path: Path, cells: list[tuple[str, str]]) -> None:
              **({"outputs": [], "execution_count": None} if kind == "code" else {})}
             for kind, text in cells
         ],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
         "nbformat": 4,
         "nbformat_minor": 5,
     }
@@ -31,7 +32,9 @@ def project(tmp_path):
     write_notebook(tmp_path / "chapters" / "01_demo.ipynb", [
         ("markdown", "# Demo\n#| export  (markdown cells are never exported)"),
         ("code", "#| default_exp demo\nimport math"),
-        ("code", "#| export\nfrom __future__ import annotations\n\nimport math\n\n\ndef area(r: float) -> float:\n    return math.pi * r * r"),
+        ("code",
+         "#| export\nfrom __future__ import annotations\n\nimport math\n\n\ndef area(r: float) -> "
+         "float:\n    return math.pi * r * r"),
         ("code", "def scratch():\n    return 'not exported'"),
         ("code", "#| export\nUNIT = 'm2'\n_private = 1\n\n\nclass Circle:\n    pass"),
         ("code", "#| export helpers\ndef helper():\n    return 2"),
@@ -75,7 +78,8 @@ def test_check_passes_after_write_and_catches_a_hand_edit(project):
     problems = export.check(project, handwritten=())
     assert len(problems) == 1
     assert "demo.py differs" in problems[0]
-    assert "-    return 3.14 * r * r" in problems[0] and "+    return math.pi * r * r" in problems[0]
+    assert ("-    return 3.14 * r * r" in problems[0]
+            and "+    return math.pi * r * r" in problems[0])
     export.write(project, handwritten=())
     assert export.check(project, handwritten=()) == []
 
@@ -113,8 +117,10 @@ def test_two_notebooks_cannot_write_one_module(project):
 
 
 def test_handwritten_modules_are_reexported(project):
-    (project / "transformer_lib" / "extra.py").write_text("__all__ = ['tool']\n\ndef tool():\n    pass\n")
-    init = export.build(project, handwritten=("extra",))[project / "transformer_lib" / "__init__.py"]
+    (project / "transformer_lib"
+     / "extra.py").write_text("__all__ = ['tool']\n\ndef tool():\n    pass\n")
+    init = export.build(project, handwritten=("extra",))[project / "transformer_lib"
+                                                         / "__init__.py"]
     assert "from transformer_lib.extra import tool" in init
 
 
@@ -127,7 +133,8 @@ def test_init_imports_are_sorted_and_wrapped_as_the_linter_wants():
     init = export.render_init({"zeta": ["z"], "alpha": ["beta_function", "Gamma", "DELTA"]
                                + [f"name_{i:02d}_long_enough" for i in range(5)]})
     assert init.index("from transformer_lib.alpha") < init.index("from transformer_lib.zeta")
-    assert "from transformer_lib.alpha import (\n    DELTA,\n    Gamma,\n    beta_function,\n" in init
+    assert ("from transformer_lib.alpha import (\n    DELTA,\n    Gamma,\n    beta_function,\n"
+            in init)
     assert all(len(line) <= 100 for line in init.splitlines())
 
 

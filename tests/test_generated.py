@@ -1,4 +1,5 @@
-"""tools/generated.py: what the exporter and make_labs share (compare, atomic write, command line)."""
+"""tools/generated.py: what the exporter and make_labs share (compare, atomic write, command
+line)."""
 
 import os
 import stat

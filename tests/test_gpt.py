@@ -117,7 +117,8 @@ def test_causality_with_dropout_in_training_mode():
 
 def test_too_long_or_bad_input_raises():
     model = small_model()
-    with pytest.raises(ValueError, match=r"T=17 tokens, more than the model can see: 16 = context_length"):
+    with pytest.raises(ValueError,
+                       match=r"T=17 tokens, more than the model can see: 16 = context_length"):
         model(random_ids(1, 17))
     with pytest.raises(ValueError, match="integer token ids"):
         model(torch.zeros(1, 4))
@@ -144,7 +145,8 @@ def test_output_projection_is_tied_to_the_embedding():
 
 def test_gpt2_initialization():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=512, context_length=256, d_model=256, num_heads=4, num_layers=8))
+    model = GPT(GPTConfig(vocab_size=512, context_length=256, d_model=256, num_heads=4,
+                          num_layers=8))
     residual_std = 0.02 / math.sqrt(2 * 8)
     for layer in model.blocks.layers:
         for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
@@ -229,11 +231,14 @@ def test_top_p_samples_stay_in_the_nucleus():
 
 
 def test_top_k_and_temperature():
-    assert support(top_k=1) == [0] and support(top_k=3) == [0, 1, 2] and support(top_k=10) == [0, 1, 2, 3]
+    assert (support(top_k=1) == [0] and support(top_k=3) == [0, 1, 2]
+            and support(top_k=10) == [0, 1, 2, 3])
     assert support(temperature=0) == [0]
-    torch.testing.assert_close(next_token_probs(PROBS.log(), temperature=0), torch.tensor([[1.0, 0, 0, 0]]))
+    torch.testing.assert_close(next_token_probs(PROBS.log(), temperature=0),
+                               torch.tensor([[1.0, 0, 0, 0]]))
     sharp = next_token_probs(PROBS.log(), temperature=0.5)[0]
-    torch.testing.assert_close(sharp, PROBS[0] ** 2 / (PROBS[0] ** 2).sum())  # p^(1/T), renormalized
+    torch.testing.assert_close(sharp,
+                               PROBS[0] ** 2 / (PROBS[0] ** 2).sum())  # p^(1/T), renormalized
     logits = torch.randn(6, 11)
     assert torch.equal(sample_next_token(logits, temperature=0), logits.argmax(-1))
     assert torch.equal(sample_next_token(logits, top_k=1), logits.argmax(-1))
@@ -260,10 +265,12 @@ def test_forward_with_cache_in_pieces_equals_forward():
     model = small_model()
     idx = random_ids(3, 16)
     cache = KVCache(model, batch_size=3)
-    pieces = [forward_with_cache(model, idx[:, a:b], cache) for a, b in [(0, 5), (5, 6), (6, 7), (7, 16)]]
+    pieces = [forward_with_cache(model, idx[:, a:b], cache)
+              for a, b in [(0, 5), (5, 6), (6, 7), (7, 16)]]
     torch.testing.assert_close(torch.cat(pieces, dim=1), model(idx), rtol=1e-10, atol=1e-10)
     assert cache.length == 16
-    with pytest.raises(ValueError, match="more than the model can see: 0 = context_length 16 - 16 cached"):
+    with pytest.raises(ValueError,
+                       match="more than the model can see: 0 = context_length 16 - 16 cached"):
         forward_with_cache(model, idx[:, :1], cache)
     with pytest.raises(ValueError, match="batch_size=2"):
         forward_with_cache(model, idx[:, :1], KVCache(model, batch_size=2))
@@ -307,7 +314,8 @@ def test_seeded_sampling_is_reproducible_and_the_same_with_the_cache():
     model = small_model()
     prompt = random_ids(2, 3)
     runs = [model.generate(prompt, 30, temperature=1.3, top_k=8, top_p=0.9, use_cache=use,
-                           generator=torch.Generator().manual_seed(7)) for use in (True, False, True)]
+                           generator=torch.Generator().manual_seed(7))
+            for use in (True, False, True)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     other = model.generate(prompt, 30, temperature=1.3, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(runs[0], other)
@@ -342,17 +350,20 @@ def test_the_cache_goes_down_the_blocks_and_is_filled_in_place():
     buffers = [t.data_ptr() for t in cache.keys + cache.values]
     first = model(idx[:, :6], cache=cache)  # forward_with_cache is this call
     second = forward_with_cache(model, idx[:, 6:], cache)
-    torch.testing.assert_close(torch.cat([first, second], dim=1), model(idx), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), model(idx), rtol=1e-10,
+                               atol=1e-10)
     assert cache.length == 10 and [c.length for c in cache.layers] == [10, 10]
     assert [t.data_ptr() for t in cache.keys + cache.values] == buffers  # written in place
     block = cache.layers[1]
-    assert block.keys.data_ptr() == block.key_buffer.data_ptr() and block.keys.shape == (2, 4, 10, 6)
+    assert (block.keys.data_ptr() == block.key_buffer.data_ptr()
+            and block.keys.shape == (2, 4, 10, 6))
     # the blocks' keys are their attentions' projections of the (normalized) inputs, in order
     h = model.positions(model.embed(idx))
     layer0 = model.blocks.layers[0]
     expected = layer0.self_attn.k_proj(layer0.norm1(h)).view(2, 10, 4, 6).transpose(1, 2)
     torch.testing.assert_close(cache.layers[0].keys, expected, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="the cache has room for 16 positions: 10 are filled, 7 more"):
+    with pytest.raises(ValueError,
+                       match="the cache has room for 16 positions: 10 are filled, 7 more"):
         cache.layers[0].update(*[torch.zeros(2, 4, 7, 6, dtype=torch.float64)] * 2)
     cache.layers[1].reorder(torch.tensor([1, 1]))
     torch.testing.assert_close(cache.layers[1].keys[0], cache.layers[1].keys[1], rtol=0, atol=0)
@@ -387,7 +398,8 @@ def test_python_source_files_skips_tests_and_is_deterministic(tmp_path):
     files = python_source_files(root=tmp_path, max_file_bytes=100)
     assert [p for p, _ in files] == ["a.py", "pkg/b.py"]
     assert files[0][1] == "x = 1\n"
-    assert python_source_files(root=tmp_path, max_chars=1, max_file_bytes=100) in ([files[0]], [files[1]])
+    assert (python_source_files(root=tmp_path, max_chars=1, max_file_bytes=100)
+            in ([files[0]], [files[1]]))
     with pytest.raises(ValueError, match="root must be a folder"):
         python_source_files(root=tmp_path / "missing")
     with pytest.raises(ValueError, match="max_chars must be a positive int"):

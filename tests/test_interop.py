@@ -27,14 +27,16 @@ def test_multihead_attention_same_outputs_and_weights(bias, batch_first, dtype):
     per_head = torch.rand(B, H, T, S) < 0.5
     per_head[..., 0] = True  # no empty rows: PyTorch gives NaN there
     ours_mask = ~pad[:, None, None, :] & per_head  # ours: True = may attend
-    inputs = (query, memory, memory) if batch_first else (query.transpose(0, 1), memory.transpose(0, 1),
+    inputs = (query, memory, memory) if batch_first else (query.transpose(0, 1),
+                                                          memory.transpose(0, 1),
                                                           memory.transpose(0, 1))
     theirs, their_weights = theirs_mod(*inputs, key_padding_mask=pad,
                                        attn_mask=~per_head.reshape(B * H, T, S),
                                        average_attn_weights=False)
     if not batch_first:
         theirs = theirs.transpose(0, 1)  # (T, B, D) -> (B, T, D)
-    torch.testing.assert_close(ours_mod(query, memory, memory, mask=ours_mask), theirs, **TOL[dtype])
+    torch.testing.assert_close(ours_mod(query, memory, memory, mask=ours_mask), theirs,
+                               **TOL[dtype])
     out, weights = ours_mod(query, memory, memory, mask=ours_mask, need_weights=True)
     torch.testing.assert_close(out, theirs, **TOL[dtype])
     torch.testing.assert_close(weights, their_weights, **TOL[dtype])
@@ -67,7 +69,8 @@ def test_keeps_mode_dropout_and_bias_setting():
     theirs_mod = nn.MultiheadAttention(8, 4, dropout=0.25, bias=False)
     ours_mod = from_torch(theirs_mod)
     assert ours_mod.training and ours_mod.dropout == 0.25
-    assert all(getattr(ours_mod, n).bias is None for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    assert all(getattr(ours_mod, n).bias is None
+               for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
     assert not from_torch(theirs_mod.eval()).training
 
 
@@ -137,7 +140,8 @@ def test_float64_transformer_conversion_is_exact():
     for (name, a), (_, b) in zip(sorted(theirs.state_dict().items()),
                                  sorted(from_torch(theirs).state_dict().items())):
         assert a.dtype == b.dtype == torch.float64, name
-    src, tgt = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 4, 16, dtype=torch.float64)
+    src, tgt = (torch.randn(2, 5, 16, dtype=torch.float64),
+                torch.randn(2, 4, 16, dtype=torch.float64))
     torch.testing.assert_close(ours(src, tgt), theirs(src, tgt), rtol=1e-13, atol=1e-13)
     for name in ("weight", "bias"):
         assert torch.equal(getattr(ours.encoder.norm, name), getattr(theirs.encoder.norm, name))
@@ -147,7 +151,8 @@ def test_float64_transformer_conversion_is_exact():
 def test_each_norms_eps_is_copied():
     layer = nn.TransformerEncoderLayer(8, 2, 16, layer_norm_eps=1e-3, batch_first=True)
     layer.norm2.eps = 1e-2
-    stack = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, eps=0.5), enable_nested_tensor=False)
+    stack = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8, eps=0.5),
+                                  enable_nested_tensor=False)
     ours = from_torch(stack)
     assert [(lay.norm1.eps, lay.norm2.eps) for lay in ours.layers] == [(1e-3, 1e-2)] * 2
     assert ours.norm.eps == 0.5

@@ -76,8 +76,9 @@ def demo_notebook(*cells):
             code("import math"),
             md(EXERCISE),
             code(SOLUTION),
-            md("```{solution-end}\n```\n\n```{exercise} Count\n:label: demo-count\n\nCount.\n```\n\n"
-               "```{solution-start} demo-count\n:class: dropdown\n```\n\nThe idea is hidden prose."),
+            md("```{solution-end}\n```\n\n```{exercise} Count\n:label: "
+               "demo-count\n\nCount.\n```\n\n```{solution-start} demo-count\n:class: "
+               "dropdown\n```\n\nThe idea is hidden prose."),
             md("More hidden prose of the worked solution."),
             code(CLASS_SOLUTION),
             md("```{solution-end}\n```"),
@@ -99,7 +100,8 @@ def test_answers_become_stubs_at_their_indentation():
     cells = convert(demo_notebook())["cells"]
     text = "\n".join(sources({"cells": cells}))
     assert ('def add_one(x):\n    """x + 1."""\n'
-            '    raise NotImplementedError("Exercise 1 (Add \\"one\\"): write your code here")') in text
+            '    raise NotImplementedError("Exercise 1 (Add \\"one\\"): '
+            'write your code here")') in text
     assert '    def __init__(self):\n        raise NotImplementedError("Exercise 2 (Count)' in text
     assert '        if True:\n            raise NotImplementedError("Exercise 2 (Count)' in text
     assert "        return self.count" in text  # code outside the markers stays
@@ -184,7 +186,8 @@ def answer_lines(nb):
 
 def test_repository_labs_exist_for_each_solution():
     found = make_labs.solutions()
-    assert [p.name for p in found] == ["01_attention_lab.ipynb", "02_multi_head_attention_lab.ipynb",
+    assert [p.name for p in found] == ["01_attention_lab.ipynb",
+                                       "02_multi_head_attention_lab.ipynb",
                                        "03_encoder_decoder_lab.ipynb", "04_decoding_lab.ipynb",
                                        "05_gpu_training_lab.ipynb"]
     for path in found:
@@ -211,7 +214,8 @@ def test_no_solution_text_reaches_a_learner_version(path):
     assert len(secret) > 5
     leaked = sorted(secret & learner_lines)
     assert leaked == [], f"solution lines in labs/{path.name}: {leaked}"
-    stubs = [line for line in learner_lines if line.startswith("raise NotImplementedError(\"Exercise")]
+    stubs = [line for line in learner_lines
+             if line.startswith("raise NotImplementedError(\"Exercise")]
     assert stubs, "the learner version has no stubs"
 
 
@@ -233,7 +237,8 @@ def lab_copy(tmp_path):
 def test_check_catches_a_hand_edit(lab_copy):
     target = lab_copy / "labs" / "01_attention_lab.ipynb"
     target.write_text(target.read_text().replace(
-        'raise NotImplementedError(\\"Exercise 1', 'return None  # raise NotImplementedError(\\"Exercise 1'))
+        'raise NotImplementedError(\\"Exercise 1',
+        'return None  # raise NotImplementedError(\\"Exercise 1'))
     problems = make_labs.check(lab_copy)
     assert len(problems) == 1
     assert "labs/01_attention_lab.ipynb differs" in problems[0]
@@ -275,3 +280,20 @@ def test_check_catches_missing_and_orphaned_learner_versions(lab_copy):
 def test_main_exit_codes(capsys):
     assert make_labs.main(["--check"]) == 0
     assert "in sync" in capsys.readouterr().out
+
+
+def test_a_stub_too_long_for_one_line_is_two_literals_with_the_same_message():
+    title = "A title that makes the stub too long"  # one line would be 104 characters
+    exercise = EXERCISE.replace('Add "one"', title)
+    out = convert(demo_notebook(md("# Demo lab"), md(exercise), code(SOLUTION),
+                                md("```{solution-end}\n```")))
+    stub = next(s for s in sources(out) if "NotImplementedError" in s)
+    lines = stub.splitlines()
+    assert max(len(line) for line in lines) <= make_labs.LINE_LENGTH
+    assert lines[2] == f'    raise NotImplementedError("Exercise 1 ({title}): "'
+    assert lines[3] == ' ' * len('    raise NotImplementedError(') + '"write your code here")'
+    namespace = {}
+    exec(compile(stub, "stub", "exec"), namespace)
+    with pytest.raises(NotImplementedError) as info:
+        namespace["add_one"](1)
+    assert str(info.value) == f"Exercise 1 ({title}): write your code here"

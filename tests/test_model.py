@@ -1,4 +1,5 @@
-"""Chapter 6's model: TransformerConfig, Transformer, EncoderDecoder (and from_torch(nn.Transformer))."""
+"""Chapter 6's model: TransformerConfig, Transformer, EncoderDecoder (and
+from_torch(nn.Transformer))."""
 
 import dataclasses
 import math
@@ -36,7 +37,8 @@ def randomize_(module):
 
 def test_config_defaults_are_the_base_model():
     c = TransformerConfig(src_vocab_size=37000, tgt_vocab_size=37000)
-    assert (c.d_model, c.num_heads, c.num_encoder_layers, c.d_ff, c.dropout) == (512, 8, 6, 2048, 0.1)
+    assert ((c.d_model, c.num_heads, c.num_encoder_layers, c.d_ff, c.dropout)
+            == (512, 8, 6, 2048, 0.1))
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.d_model = 256
 
@@ -106,7 +108,8 @@ def test_source_padding_has_no_influence():
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_initial_loss_is_near_uniform(positions, norm_first):
     torch.manual_seed(0)
-    model = Transformer(small_config(positions=positions, norm_first=norm_first, tgt_vocab_size=200)).eval()
+    model = Transformer(small_config(positions=positions, norm_first=norm_first,
+                                     tgt_vocab_size=200)).eval()
     logits = model(torch.randint(0, 30, (8, 10)), torch.randint(0, 200, (8, 12)))
     loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(0, 200, (96,)))
     assert abs(loss.item() - math.log(200)) < 1.0
@@ -125,11 +128,13 @@ def test_initialization():
 
 def test_ids_out_of_vocabulary_and_bad_shapes():
     model = Transformer(small_config())
-    with pytest.raises(ValueError, match=r"src contains the id 30, outside the vocabulary \[0, 30\)"):
+    with pytest.raises(ValueError,
+                       match=r"src contains the id 30, outside the vocabulary \[0, 30\)"):
         model.encode(torch.tensor([[1, 30]]))
     with pytest.raises(ValueError, match=r"tgt contains the id -1"):
         model.decode(torch.tensor([[-1, 2]]), torch.zeros(1, 2, 32))
-    with pytest.raises(ValueError, match=r"src must be a \(B, length\) tensor of integer token ids"):
+    with pytest.raises(ValueError,
+                       match=r"src must be a \(B, length\) tensor of integer token ids"):
         model.encode(torch.rand(2, 3))
     with pytest.raises(ValueError, match="exceeds max_len=64"):
         model.encode(torch.zeros(1, 65, dtype=torch.long))
@@ -197,7 +202,8 @@ def test_no_module_imports_a_private_name_of_another():
     crossings = []
     for path in Path(transformer_lib.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformer_lib"):
+            if (isinstance(node, ast.ImportFrom)
+                    and (node.module or "").startswith("transformer_lib")):
                 crossings += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                               if a.name.startswith("_")]
     assert crossings == []

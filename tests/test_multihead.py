@@ -11,7 +11,8 @@ from transformer_lib import multihead as multihead_module
 
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
-MASK_KINDS = ["none", "causal", "padding", "shared", "per_head", "padding+per_head", "causal+padding"]
+MASK_KINDS = ["none", "causal", "padding", "shared", "per_head", "padding+per_head",
+              "causal+padding"]
 
 
 def copy_weights(torch_mha: nn.MultiheadAttention, ours: MultiHeadAttention) -> None:
@@ -60,7 +61,8 @@ def random_case(seed: int):
     elif kind == "per_head":
         ours, torch_kwargs = per_head, {"attn_mask": flat_heads}
     elif kind == "padding+per_head":
-        ours, torch_kwargs = pad & per_head, {"attn_mask": flat_heads, "key_padding_mask": ~pad[:, 0, 0]}
+        ours, torch_kwargs = pad & per_head, {"attn_mask": flat_heads,
+                                              "key_padding_mask": ~pad[:, 0, 0]}
     else:  # causal+padding
         ours = causal_mask(T) & pad
         torch_kwargs = {"attn_mask": ~causal_mask(T), "key_padding_mask": ~pad[:, 0, 0]}
@@ -72,7 +74,8 @@ def torch_forward(torch_mha, query, key, value, batch_first, **kwargs):
     """Run nn.MultiheadAttention on batch-first inputs, whatever its batch_first."""
     if not batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    out, weights = torch_mha(query, key, value, need_weights=True, average_attn_weights=False, **kwargs)
+    out, weights = torch_mha(query, key, value, need_weights=True, average_attn_weights=False,
+                             **kwargs)
     return (out if batch_first else out.transpose(0, 1)), weights
 
 
@@ -96,11 +99,12 @@ def test_matches_nn_multihead_attention(seed, dtype):
     readable, our_weights = ours_mod(query, memory, memory, mask=c["mask"], need_weights=True)
     assert our_weights.shape == (c["B"], c["H"], c["T"], c["S"])
     for name, ours in [("fast path", fast), ("readable path", readable)]:
-        torch.testing.assert_close(ours, theirs, **TOL[dtype], msg=lambda m, n=name: f"{n}, {where}: {m}")
+        torch.testing.assert_close(ours, theirs, **TOL[dtype],
+                                   msg=lambda m, n=name: f"{n}, {where}: {m}")
         our_grads = torch.autograd.grad(ours, (query, memory), grad_out)
         for arg, a, b in zip(["query", "memory"], our_grads, their_grads):
-            torch.testing.assert_close(a, b, **TOL[dtype],
-                                       msg=lambda m, n=name, arg=arg: f"grad {arg}, {n}, {where}: {m}")
+            torch.testing.assert_close(
+                a, b, **TOL[dtype], msg=lambda m, n=name, arg=arg: f"grad {arg}, {n}, {where}: {m}")
     torch.testing.assert_close(our_weights, their_weights, **TOL[dtype],
                                msg=lambda m: f"per-head weights, {where}: {m}")
 
@@ -115,8 +119,10 @@ def test_fast_path_equals_readable_path_including_empty_rows(seed, dtype):
     results = []
     for need_weights in (False, True):
         layer.zero_grad()
-        x = torch.randn(c["B"], c["T"], c["D"], dtype=dtype, generator=torch.Generator().manual_seed(seed))
-        m = torch.randn(c["B"], c["S"], c["D"], dtype=dtype, generator=torch.Generator().manual_seed(seed + 100))
+        x = torch.randn(c["B"], c["T"], c["D"], dtype=dtype,
+                        generator=torch.Generator().manual_seed(seed))
+        m = torch.randn(c["B"], c["S"], c["D"], dtype=dtype,
+                        generator=torch.Generator().manual_seed(seed + 100))
         x.requires_grad_()
         m.requires_grad_()
         out = layer(x, m, m, mask=mask, need_weights=need_weights)
@@ -227,7 +233,8 @@ def test_padded_keys_have_no_influence():
     memory = torch.randn(2, 5, 16)
     changed = memory.clone()
     changed[1, 3:] = 100 * torch.randn(2, 16)
-    torch.testing.assert_close(layer(x, memory, memory, mask=mask), layer(x, changed, changed, mask=mask))
+    torch.testing.assert_close(layer(x, memory, memory, mask=mask),
+                               layer(x, changed, changed, mask=mask))
     _, weights = layer(x, memory, memory, mask=mask, need_weights=True)
     assert (weights[1, :, :, 3:] == 0).all()
 
@@ -277,14 +284,16 @@ def test_bad_constructor_arguments(args, kwargs, pattern):
 @pytest.mark.parametrize(
     ("shapes", "mask", "pattern"),
     [
-        (((2, 5, 8), (2, 7, 12), (2, 7, 12)), None, r"query must have shape \(B, T, D\) with D = d_model = 12"),
+        (((2, 5, 8), (2, 7, 12), (2, 7, 12)), None,
+         r"query must have shape \(B, T, D\) with D = d_model = 12"),
         (((2, 5, 12), (2, 7, 10), (2, 7, 12)), None, r"key must have shape \(B, S, D\)"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 6)), None, r"value must have shape \(B, S, D\)"),
         (((5, 12), (7, 12), (7, 12)), None, r"query must have shape \(B, T, D\)"),
         (((2, 5, 12), (2, 6, 12), (2, 7, 12)), None, r"key and value must have the same length S"),
         (((2, 5, 12), (3, 7, 12), (3, 7, 12)), None, r"same batch size B"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(5, 5, dtype=torch.bool),
-         r"mask of shape \(5, 5\) does not broadcast to the attention scores' shape \(\.\.\., T, S\) = \(2, 3, 5, 7\)"),
+         r"mask of shape \(5, 5\) does not broadcast to the attention scores' shape "
+         r"\(\.\.\., T, S\) = \(2, 3, 5, 7\)"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(3, 1, 1, 7, dtype=torch.bool),
          r"mask of shape \(3, 1, 1, 7\) does not broadcast"),
         (((2, 5, 12), (2, 7, 12), (2, 7, 12)), torch.ones(5, 7), r"mask must be a bool tensor"),
@@ -315,7 +324,8 @@ def test_non_tensor_input_raises_type_error():
 def test_exported_at_top_level():
     assert transformer_lib.MultiHeadAttention is multihead_module.MultiHeadAttention
     assert "MultiHeadAttention" in transformer_lib.__all__
-    assert multihead_module.scaled_dot_product_attention is transformer_lib.scaled_dot_product_attention
+    assert (multihead_module.scaled_dot_product_attention
+            is transformer_lib.scaled_dot_product_attention)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -369,10 +379,14 @@ def test_split_and_merge_heads_meet_lab_2s_contract(capsys):
 @pytest.mark.parametrize(
     ("call", "pattern"),
     [
-        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 10), 3), r"D divisible by num_heads=3"),
-        (lambda: transformer_lib.split_heads(torch.randn(5, 12), 3), r"x must have shape \(B, T, D\)"),
-        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 12), 0), r"num_heads must be a positive int"),
-        (lambda: transformer_lib.merge_heads(torch.randn(2, 5, 12)), r"x must have shape \(B, H, T, Dh\)"),
+        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 10), 3),
+         r"D divisible by num_heads=3"),
+        (lambda: transformer_lib.split_heads(torch.randn(5, 12), 3),
+         r"x must have shape \(B, T, D\)"),
+        (lambda: transformer_lib.split_heads(torch.randn(2, 5, 12), 0),
+         r"num_heads must be a positive int"),
+        (lambda: transformer_lib.merge_heads(torch.randn(2, 5, 12)),
+         r"x must have shape \(B, H, T, Dh\)"),
     ],
 )
 def test_split_and_merge_heads_name_a_wrong_shape(call, pattern):
@@ -410,14 +424,16 @@ def test_cached_attention_with_an_explicit_mask_over_the_cached_keys():
 
     layer = MultiHeadAttention(8, 2).double().eval()
     x = torch.randn(3, 6, 8, dtype=torch.float64)
-    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]],
+                       dtype=torch.bool)
     mask = causal_mask(6) & pad[:, None, None, :]  # (B, 1, T, S)
     full = layer(x, x, x, mask=mask)
     cache = AttentionCache()
     first = layer(x[:, :2], x[:, :2], x[:, :2], mask=mask[..., :2, :2], cache=cache)
     second = layer(x[:, 2:], x[:, 2:], x[:, 2:], mask=mask[..., 2:, :], cache=cache)
     torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match=r"mask of shape \(4, 4\) does not broadcast.*\(3, 2, 4, 10\)"):
+    with pytest.raises(ValueError,
+                       match=r"mask of shape \(4, 4\) does not broadcast.*\(3, 2, 4, 10\)"):
         layer(x[:, 2:], x[:, 2:], x[:, 2:], mask=causal_mask(4), cache=cache)
 
 
@@ -425,7 +441,8 @@ def test_a_cross_attention_cache_projects_the_memory_once():
     from transformer_lib import AttentionCache
 
     layer = MultiHeadAttention(8, 2).eval()
-    memory, mask = torch.randn(2, 5, 8), padding_mask(torch.tensor([[1, 2, 3, 4, 5], [1, 2, 0, 0, 0]]), 0)
+    memory, mask = (torch.randn(2, 5, 8),
+                    padding_mask(torch.tensor([[1, 2, 3, 4, 5], [1, 2, 0, 0, 0]]), 0))
     calls = []
     layer.k_proj.register_forward_hook(lambda *args: calls.append("k"))
     cache = AttentionCache(cross=True)
@@ -438,7 +455,8 @@ def test_a_cross_attention_cache_projects_the_memory_once():
         torch.testing.assert_close(out, expected)
         torch.testing.assert_close(weights, expected_weights)
         assert cache.length == 5
-    assert calls.count("k") == 1 + 4  # the cached calls projected the memory once; uncached, each time
+    # the cached calls projected the memory once; uncached, each time
+    assert calls.count("k") == 1 + 4
 
 
 def test_attention_cache_reorders_rows_and_rejects_another_batch():
@@ -452,5 +470,6 @@ def test_attention_cache_reorders_rows_and_rejects_another_batch():
     cache.reorder(torch.tensor([2, 2, 0]))
     torch.testing.assert_close(cache.keys, keys[[2, 2, 0]], rtol=0, atol=0)
     assert "length=4" in repr(cache)
-    with pytest.raises(ValueError, match=r"cannot extend the cache's \(N, H, t, Dh\) = \(3, 2, 4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"cannot extend the cache's \(N, H, t, Dh\) = \(3, 2, 4, 4\)"):
         layer(x[:2, :1], x[:2, :1], x[:2, :1], cache=cache)

@@ -47,7 +47,8 @@ def values(run):
 def test_every_outcome_is_recorded_and_errors_are_reported_by_cell(runs):
     run = runs["native", 0]
     assert set(values(run)) == {"a draw", "a draw from a generator", "vectorized kernels"}
-    assert run.errors == ["cell 1: ZeroDivisionError: division by zero"]  # not shifted by a seed cell
+    # not shifted by a seed cell
+    assert run.errors == ["cell 1: ZeroDivisionError: division by zero"]
     assert not run.ok
     assert runs["native", 1].errors == ["cell 1: ZeroDivisionError: division by zero"]
 
@@ -93,6 +94,8 @@ def test_refuses_to_overwrite_results_and_unknown_selections(tmp_path, capsys):
 def test_lists_every_chapter_and_lab_solution(capsys):
     assert portability.main(["--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    for path in [*sorted(ROOT.glob("chapters/*.ipynb")), *sorted(ROOT.glob("labs/solutions/*.ipynb"))]:
+    for path in [*sorted(ROOT.glob("chapters/*.ipynb")),
+                 *sorted(ROOT.glob("labs/solutions/*.ipynb"))]:
         assert path.relative_to(ROOT).as_posix() in listed
-    assert "baseline: ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2" in listed
+    assert ("baseline: ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 "
+            "MKL_ENABLE_INSTRUCTIONS=AVX2" in listed)

@@ -33,13 +33,14 @@ def run_command(*args, nproc=None, timeout=240):
     return done
 
 
-# --- data -------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 def test_get_batch_ranks_take_slices_of_one_global_batch():
     data = torch.arange(1000)
     whole = tr.get_batch(data, 8, 16, torch.Generator().manual_seed(5))
-    parts = [tr.get_batch(data, 2, 16, torch.Generator().manual_seed(5), rank, 4) for rank in range(4)]
+    parts = [tr.get_batch(data, 2, 16, torch.Generator().manual_seed(5), rank, 4)
+             for rank in range(4)]
     assert torch.equal(torch.cat([x for x, _ in parts]), whole[0])
     assert torch.equal(torch.cat([y for _, y in parts]), whole[1])
     assert torch.equal(whole[1][:, :-1], whole[0][:, 1:])  # targets are inputs shifted by one
@@ -90,7 +91,8 @@ def test_presets_are_valid_and_gpu_one_is_10_to_20m_parameters():
     n = sum(p.numel() for p in GPT(gpu).parameters())
     assert 10e6 <= n <= 20e6, n
     bench = tr.PRESETS["gpt2-small-bench"].gpt_config(0)
-    assert (bench.d_model, bench.num_layers, bench.num_heads, bench.context_length) == (768, 12, 12, 1024)
+    assert ((bench.d_model, bench.num_layers, bench.num_heads, bench.context_length)
+            == (768, 12, 12, 1024))
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ def test_resume_continues_exactly(tmp_path, dropout):
     assert [m.get("val_loss") for m in a if m["step"] != 5] == \
         [m.get("val_loss") for m in b if m["step"] != 5]
     assert resumed["val_loss"] == whole["val_loss"]
-    model_a, model_b = (GPT(config.gpt_config(whole_vocab(tmp_path / d))) for d in ("whole", "parts"))
+    model_a, model_b = (GPT(config.gpt_config(whole_vocab(tmp_path / d)))
+                        for d in ("whole", "parts"))
     tr.load_checkpoint(tmp_path / "whole" / "checkpoint", model_a)
     tr.load_checkpoint(tmp_path / "parts" / "checkpoint", model_b)
     for p, q in zip(model_a.parameters(), model_b.parameters()):
@@ -176,7 +179,7 @@ def test_gpu_presets_run_shrunk_on_a_cpu(tmp_path, preset):
     assert len(read_metrics(tmp_path)) == 3
 
 
-# --- the command, alone and under torchrun -----------------------------------------------------------
+# --- the command, alone and under torchrun --------------------------------------------------------
 
 FLAGS = ["--preset", "cpu-smoke", "--max-steps", "8", "--warmup-steps", "2", "--log-every", "1",
          "--eval-every", "4", "--eval-batches", "2", "--no-progress"]
@@ -190,7 +193,8 @@ def test_command_writes_metrics_and_a_checkpoint(tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert all({"step", "loss", "tokens_per_sec", "lr", "grad_norm"} <= set(m) for m in metrics)
     assert {m["step"] for m in metrics if "val_loss" in m} == {4, 8}
-    assert {p.name for p in (tmp_path / "checkpoint").iterdir()} == {"model.safetensors", "state.pt"}
+    assert ({p.name for p in (tmp_path / "checkpoint").iterdir()}
+            == {"model.safetensors", "state.pt"})
 
 
 def test_help_lists_every_field_with_its_reason():

@@ -1,4 +1,5 @@
-"""Chapter 7's training machinery: label smoothing, schedules, clipping, checkpoints, the trainer."""
+"""Chapter 7's training machinery: label smoothing, schedules, clipping, checkpoints, the
+trainer."""
 
 import math
 import pickle
@@ -89,7 +90,8 @@ def test_transformer_schedule_values():
     assert math.isclose(transformer_schedule(1, d, w), d ** -0.5 * w ** -1.5)
     assert math.isclose(transformer_schedule(w, d, w), (d * w) ** -0.5)  # the peak
     assert math.isclose(transformer_schedule(4 * w, d, w), (d * w) ** -0.5 / 2)
-    assert math.isclose(transformer_schedule(100, d, w), 100 * d ** -0.5 * w ** -1.5)  # linear warmup
+    assert math.isclose(transformer_schedule(100, d, w),
+                        100 * d ** -0.5 * w ** -1.5)  # linear warmup
     rates = [transformer_schedule(s, d, w) for s in range(1, 3 * w)]
     assert max(range(len(rates)), key=rates.__getitem__) == w - 1
     assert all(a < b for a, b in zip(rates[: w - 1], rates[1:w]))
@@ -156,7 +158,8 @@ def test_clip_grad_norm_edge_cases():
 
 def _config(**overrides):
     base = dict(src_vocab_size=20, tgt_vocab_size=20, d_model=16, num_heads=2, num_encoder_layers=1,
-                num_decoder_layers=1, d_ff=32, dropout=0.1, max_len=32, pad_id=0, share_embeddings=True)
+                num_decoder_layers=1, d_ff=32, dropout=0.1, max_len=32, pad_id=0,
+                share_embeddings=True)
     return TransformerConfig(**{**base, **overrides})
 
 
@@ -169,10 +172,11 @@ def test_checkpoint_round_trip_with_tied_weights_and_optimizer(tmp_path):
         optimizer.zero_grad()
         model(src, tgt).sum().backward()
         optimizer.step()
-    state = {"step": 3, "history": {"loss": [1.5, 1.25]}, "rng": torch.get_rng_state(), "name": None,
-             "pair": (1, "a")}
+    state = {"step": 3, "history": {"loss": [1.5, 1.25]}, "rng": torch.get_rng_state(),
+             "name": None, "pair": (1, "a")}
     save_checkpoint(tmp_path / "ckpt", model, optimizer, **state)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "state.pt"]
+    assert (sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+            == ["model.safetensors", "state.pt"])
 
     torch.manual_seed(1)
     fresh = Transformer(_config())
@@ -212,7 +216,8 @@ def test_a_pickled_object_is_refused_and_never_runs(tmp_path):
 
 def test_save_checkpoint_refuses_state_it_could_not_load(tmp_path):
     model = Transformer(_config())
-    for bad in ({"obj": object()}, {"nested": {"x": [1, random.Random(0)]}}, {"np": {1: _Payload("x")}}):
+    for bad in ({"obj": object()}, {"nested": {"x": [1, random.Random(0)]}},
+                {"np": {1: _Payload("x")}}):
         with pytest.raises(ValueError, match="checkpoint holds only"):
             save_checkpoint(tmp_path / "bad", model, **bad)
 
@@ -259,7 +264,8 @@ def _resumable_run(tmp_path, steps, stop_at=None, resume=False, dropout=0.1):
                                 dropout=dropout))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     trainer = Trainer(model, optimizer, partial(seq2seq_loss, label_smoothing=0.1),
-                      _loader(pairs, tokenizer), valid_loader=_loader(pairs[:64], tokenizer, shuffle=False),
+                      _loader(pairs, tokenizer),
+                      valid_loader=_loader(pairs[:64], tokenizer, shuffle=False),
                       schedule=partial(warmup_cosine_schedule, warmup_steps=4, total_steps=steps),
                       max_grad_norm=0.5, progress=False)
     if resume:
@@ -292,12 +298,14 @@ def test_trainer_learns_a_tiny_task():
 
     trainer = Trainer(model, optimizer, seq2seq_loss, _loader(train, tokenizer), metrics_fn=metrics,
                       schedule=partial(warmup_cosine_schedule, warmup_steps=20, total_steps=320),
-                      max_grad_norm=1.0, patience=3, monitor="exact_match", mode="max", progress=False)
+                      max_grad_norm=1.0, patience=3, monitor="exact_match", mode="max",
+                      progress=False)
     history = trainer.fit(epochs=10)  # 32 batches per epoch
     assert trainer.step == 320 and history["valid"]["epoch"] == list(range(1, 11))
-    assert len(history["train"]["loss"]) == 320 and history["train"]["lr"][19] == pytest.approx(1e-2)
-    expect("Trainer: last loss / first loss", history["train"]["loss"][-1] / history["train"]["loss"][0],
-           at_most=0.2)
+    assert (len(history["train"]["loss"]) == 320
+            and history["train"]["lr"][19] == pytest.approx(1e-2))
+    expect("Trainer: last loss / first loss",
+           history["train"]["loss"][-1] / history["train"]["loss"][0], at_most=0.2)
     expect("Trainer: validation exact match after 10 epochs", history["valid"]["exact_match"][-1],
            at_least=0.9)
 

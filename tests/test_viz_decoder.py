@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 
 def test_plot_decoder_attention_draws_both_panels_from_a_layer():
     layer = DecoderLayer(8, 2, 16, dropout=0.0).eval()
-    self_w, cross_w = layer.attention_weights(torch.randn(1, 4, 8), torch.randn(1, 3, 8), causal_mask(4))
+    self_w, cross_w = layer.attention_weights(torch.randn(1, 4, 8), torch.randn(1, 3, 8),
+                                              causal_mask(4))
     fig = viz.plot_decoder_attention(self_w[0, 0], cross_w[0].mean(0), list("abcd"), list("xyz"),
                                      title="toy", annotate=True)
     assert isinstance(fig, Figure)

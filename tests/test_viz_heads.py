@@ -61,7 +61,8 @@ def test_plot_heads_wraps_into_rows_within_the_column():
 
 @pytest.mark.parametrize(("call", "pattern"), [
     (lambda: viz.plot_heads(torch.rand(4, 5)), r"weights must have shape \(H, T, S\)"),
-    (lambda: viz.plot_heads(_weights(), query_labels=list("abc")), "query_labels has 3 labels for 4"),
+    (lambda: viz.plot_heads(_weights(), query_labels=list("abc")),
+     "query_labels has 3 labels for 4"),
     (lambda: viz.plot_heads(_weights(), key_labels=list("ab")), "key_labels has 2 labels for 5"),
     (lambda: viz.plot_heads(_weights(), head_names=["x"]), "head_names has 1 labels for 3"),
     (lambda: viz.plot_heads(_weights(), query=4), r"query must be a row index in \[0, 4\)"),

@@ -16,7 +16,8 @@ def test_plot_positional_encoding_returns_a_figure_with_a_window():
     assert isinstance(fig, Figure)
     heatmap, curves = fig.axes[:2]
     assert heatmap.get_title() == "window"
-    assert [line.get_label() for line in curves.get_lines()] == ["dim 4", "dim 6", "dim 9", "dim 11"]
+    assert ([line.get_label() for line in curves.get_lines()]
+            == ["dim 4", "dim 6", "dim 9", "dim 11"])
     assert curves.get_xlim() == (9.5, 29.5)
     fig = viz.plot_positional_encoding(pe, curve_dims=[0, 1])
     assert len(fig.axes[1].get_lines()) == 2

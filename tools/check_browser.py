@@ -186,7 +186,7 @@ async () => {
   }
   return out;
 }
-"""
+"""  # noqa: E501 (JavaScript for the browser, kept as it runs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +243,8 @@ class DevTools:
         except self._websocket.WebSocketTimeoutException:
             raise TimeoutError(f"no answer from the browser to {waiting_for}") from None
         except (self._websocket.WebSocketException, OSError) as error:
-            raise DevToolsError(f"lost the browser while waiting for {waiting_for}: {error!r}") from None
+            raise DevToolsError("lost the browser while waiting for "
+                                f"{waiting_for}: {error!r}") from None
         if "method" in message:
             self._event(message.get("sessionId"), message["method"], message.get("params", {}))
         return message
@@ -333,7 +334,8 @@ class Browser:
         context = dt.call("Target.createBrowserContext")["browserContextId"]
         target = dt.call("Target.createTarget",
                          {"url": "about:blank", "browserContextId": context})["targetId"]
-        session = dt.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = dt.call("Target.attachToTarget",
+                          {"targetId": target, "flatten": True})["sessionId"]
         try:
             dt.call("Emulation.setDeviceMetricsOverride",
                     {"width": screen["width"], "height": screen["height"], "deviceScaleFactor": 1,
@@ -400,13 +402,14 @@ def console_errors(events: list[tuple[str, dict]]) -> list[str]:
             text = details.get("exception", {}).get("description") or details.get("text", "")
             where = details.get("url", "")
             found.append(f"uncaught {text.splitlines()[0] if text else 'exception'}"
-                         + (f" ({Path(urlsplit(where).path).name}:{details.get('lineNumber', 0) + 1})"
-                            if where else ""))
+                         + (f" ({Path(urlsplit(where).path).name}:"
+                            f"{details.get('lineNumber', 0) + 1})" if where else ""))
         elif method == "Log.entryAdded":
             entry = params.get("entry", {})
             if entry.get("level") != "error":
                 continue
-            if "ERR_BLOCKED_BY_CLIENT" in entry.get("text", "") and entry.get("source") == "network":
+            if ("ERR_BLOCKED_BY_CLIENT" in entry.get("text", "")
+                    and entry.get("source") == "network"):
                 continue  # reported as an external request
             url = entry.get("url", "")
             found.append(entry.get("text", "") + (f" ({url})" if url else ""))
@@ -475,7 +478,8 @@ def figure_of(image: dict, figures: dict[tuple[int, str], Figure], screen: dict)
     src = urlsplit(image["src"])
     key = (image["index"], image["src"])
     if key not in figures:
-        where = f"figure {image['index']}" + (f" in #{image['section']}" if image["section"] else "")
+        where = f"figure {image['index']}" + (f" in #{image['section']}" if image["section"]
+                                              else "")
         local = src.scheme == "file"
         figures[key] = Figure(where, Path(unquote(src.path)).name,
                               Path(url2pathname(src.path)) if local else None)
@@ -522,8 +526,8 @@ class PageReport:
     notes: list[str] = field(default_factory=list)
 
 
-REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["'][^"';]*;\s*url=([^"']+)["']""",
-                     re.IGNORECASE)
+REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["'][^"';]*;"""
+                     r"""\s*url=([^"']+)["']""", re.IGNORECASE)
 ID_ATTR = re.compile(r"""\s(?:id|name)=["']([^"']+)["']""")
 
 
@@ -538,7 +542,8 @@ def anchors_in(path: Path, cache: dict[Path, set[str]]) -> set[str]:
     return cache[path]
 
 
-def link_problems(page: Path, links: list[dict], html_dir: Path, anchors: dict[Path, set[str]]) -> list[str]:
+def link_problems(page: Path, links: list[dict], html_dir: Path,
+                  anchors: dict[Path, set[str]]) -> list[str]:
     found = {}
     root = html_dir.resolve()
     for link in links:
@@ -555,7 +560,8 @@ def link_problems(page: Path, links: list[dict], html_dir: Path, anchors: dict[P
         elif parts.fragment and target.suffix == ".html":
             anchor = unquote(parts.fragment)
             if anchor not in anchors_in(target, anchors):
-                found[link["raw"]] = f"broken anchor {label}: {target.relative_to(root).as_posix()} has no #{anchor}"
+                found[link["raw"]] = (f"broken anchor {label}: "
+                                      f"{target.relative_to(root).as_posix()} has no #{anchor}")
     return list(found.values())
 
 
@@ -621,7 +627,8 @@ def check_book(html_dir: Path, only: list[str] | None = None, limit: float = LIM
     if only:
         pages = [p for p in pages if p.relative_to(html_dir).as_posix() in only]
     if not pages:
-        return [PageReport(str(html_dir), [f"no HTML pages under {html_dir}: build the book first"])]
+        return [PageReport(str(html_dir),
+                           [f"no HTML pages under {html_dir}: build the book first"])]
     anchors: dict[Path, set[str]] = {}
     reports = []
     with Browser(executable) as browser:

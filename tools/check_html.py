@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# <script src=...>, <link href=...>, <img src=...> load resources; plain <a href=...> links are fine.
-EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"")
+# <script src=...>, <link href=...>, <img src=...> load resources; plain <a href=...> links are
+# fine.
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="
+                      r"\"((?:https?:)?//[^\"]+)\"")
 MARKER = re.compile(r"###\s*(?:BEGIN|END) SOLUTION")
 WIDGETS = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
@@ -36,11 +38,14 @@ def problems(html_dir: Path) -> list[str]:
             found.append(f"{rel}: loads {url} from another server")
         if any(mime in text for mime in WIDGETS):
             found.append(f"{rel}: embeds a widget, which is blank or dead without a kernel (draw a "
-                         f"static figure first; tag the widget cell remove-output and skip-execution)")
-        markers = len(MARKER.findall(re.sub(r"<[^>]+>", "", text))) if rel.startswith("labs/") else 0
+                         "static figure first; tag the widget cell remove-output and "
+                         "skip-execution)")
+        markers = (len(MARKER.findall(re.sub(r"<[^>]+>", "", text))) if rel.startswith("labs/")
+                   else 0)
         if markers:
-            found.append(f"{rel}: shows {markers} solution-marker line(s) (### BEGIN/END SOLUTION); "
-                         f"book/_ext/lab_exercises.py hides them on pages under labs/")
+            found.append(f"{rel}: shows {markers} solution-marker line(s) "
+                         "(### BEGIN/END SOLUTION); book/_ext/lab_exercises.py hides them on "
+                         "pages under labs/")
     return found
 
 

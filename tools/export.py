@@ -58,7 +58,8 @@ def collect(notebook: Path) -> dict[str, list[str]]:
             if line.startswith(DEFAULT_EXP):
                 name = line[len(DEFAULT_EXP):].strip()
                 if default is not None and name != default:
-                    raise ExportError(f"{notebook.name}: two default_exp lines ({default!r}, {name!r})")
+                    raise ExportError(f"{notebook.name}: two default_exp lines "
+                                      f"({default!r}, {name!r})")
                 default = name
     modules: dict[str, list[str]] = {}
     for src in code_cells:
@@ -67,7 +68,8 @@ def collect(notebook: Path) -> dict[str, list[str]]:
             continue
         target = lines[0][len(EXPORT):].strip() or default
         if target is None:
-            raise ExportError(f"{notebook.name}: an '#| export' cell but no '#| default_exp NAME' line")
+            raise ExportError(f"{notebook.name}: an '#| export' cell but no '#| "
+                              "default_exp NAME' line")
         if not target.isidentifier():
             raise ExportError(f"{notebook.name}: {target!r} is not a valid module name")
         body = "\n".join(line for line in lines[1:] if not line.startswith("#|")).strip("\n")
@@ -165,7 +167,8 @@ def render_init(exports: dict[str, list[str]]) -> str:
         "",
         "try:  # the version is pyproject.toml's, as pip installed it",
         '    __version__ = _metadata.version("transformer_lib")',
-        "except _metadata.PackageNotFoundError:  # imported from a checkout that was never installed",
+        "except _metadata.PackageNotFoundError:  # imported from a checkout that was "
+        "never installed",
         '    __version__ = "0+unknown"',
         "",
         "__all__ = [",
@@ -194,7 +197,8 @@ def build(root: Path = ROOT, handwritten: tuple[str, ...] = HANDWRITTEN) -> dict
         rel = nb.relative_to(root).as_posix()
         for module, module_cells in collect(nb).items():
             if module in sources and sources[module] != rel:
-                raise ExportError(f"module {module!r} is exported by both {sources[module]} and {rel}")
+                raise ExportError(f"module {module!r} is exported by both "
+                                  f"{sources[module]} and {rel}")
             sources[module] = rel
             cells.setdefault(module, []).extend(module_cells)
     clash = set(cells) & set(handwritten)

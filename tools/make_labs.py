@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise {number} ({title}): write your code here")'
+# A stub longer than this is written on two lines (pyproject.toml's [tool.ruff] line-length).
+LINE_LENGTH = 100
 GENERATED_KEY = "lab_learner_version_of"  # notebook metadata naming the solution notebook
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 ADMONITIONS = {"hint": "Hint", "tip": "Tip", "note": "Note", "important": "Important",
@@ -162,7 +164,8 @@ def _markdown(text: str, state: _State) -> str:
         elif name == "exercise":
             label = part.options.get("label")
             if not label or not part.argument:
-                raise LabError(f"every {{exercise}} needs a title and a :label:, got {part.argument!r}")
+                raise LabError(f"every {{exercise}} needs a title and a :label:, "
+                               f"got {part.argument!r}")
             state.exercises.append((label, part.argument))
             kept += [f"### Exercise {len(state.exercises)}: {part.argument}", "", *part.body]
         elif name in ADMONITIONS:
@@ -192,7 +195,8 @@ def _code(text: str, state: _State) -> str:
         stripped = line.strip()
         if stripped == BEGIN:
             if begin is not None:
-                raise LabError(f"line {number}: {BEGIN} inside another answer (the one from line {begin})")
+                raise LabError(f"line {number}: {BEGIN} inside another answer "
+                               f"(the one from line {begin})")
             if not state.in_solution:
                 raise LabError(f"line {number}: an answer outside {{solution-start}} ... "
                                f"{{solution-end}}, so the book would show it unfolded")
@@ -201,14 +205,22 @@ def _code(text: str, state: _State) -> str:
             if begin is None:
                 raise LabError(f"line {number}: {END} without {BEGIN}")
             if line[: len(line) - len(line.lstrip())] != indent:
-                raise LabError(f"line {number}: {END} is not indented like its {BEGIN} (line {begin})")
+                raise LabError(f"line {number}: {END} is not indented like its {BEGIN} "
+                               f"(line {begin})")
             number_, title = len(state.exercises), state.exercises[-1][1]
-            message = STUB.format(number=number_, title=title.replace("\\", "\\\\").replace('"', '\\"'))
+            message = STUB.format(number=number_,
+                                  title=title.replace("\\", "\\\\").replace('"', '\\"'))
+            if len(indent + message) > LINE_LENGTH:
+                # two adjacent literals, the second under the first
+                head, tail = message.rsplit("): ", 1)
+                align = " " * len("raise NotImplementedError(")
+                message = f'{head}): "\n{indent}{align}"{tail}'
             out.append(indent + message)
             state.answers += 1
             begin = None
         elif BEGIN in line or END in line:
-            raise LabError(f"line {number}: a solution marker must stand alone on its line: {line!r}")
+            raise LabError(f"line {number}: a solution marker must stand alone on its line: "
+                           f"{line!r}")
         elif begin is None:
             out.append(line)
     if begin is not None:

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"cleaned {rel}")
     if args.check:
         if bad:
-            print(f"notebooks --check: {bad} notebook(s) not clean; run `python tools/notebooks.py`")
+            print(f"notebooks --check: {bad} notebook(s) not clean; "
+                  "run `python tools/notebooks.py`")
             return 1
         print(f"notebooks --check: {len(notebooks())} notebook(s) clean")
     return 0

@@ -145,7 +145,8 @@ def run(notebook: Path, selection: str, seed: int, timeout: int, threads: int) -
                MPLBACKEND="Agg")
     # torch.compile's cache does not tell kernel selections apart: code compiled for AVX-512
     # and reused under ATEN_CPU_CAPABILITY=avx2 gives NaN, and fails to build under default
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"portability-inductor-{selection}")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir())
+                                         / f"portability-inductor-{selection}")
     with tempfile.TemporaryDirectory(prefix="portability-") as tmp:
         record, errors_file = Path(tmp) / "outcomes.jsonl", Path(tmp) / "errors.json"
         start = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Its source is this file. The chapters' modules import these checks from here, so that one mistake
 gets one message wherever it is made: ``attention.py`` (chapter 1), ``multihead.py`` (chapter 2),
-``encoder.py`` (chapter 4), ``decoder.py`` (chapter 5) and ``model.py`` (chapter 6). Each check raises a ``ValueError`` (a
-``TypeError`` for a wrong type) that names the argument and says what it should be.
+``encoder.py`` (chapter 4), ``decoder.py`` (chapter 5) and ``model.py`` (chapter 6). Each check
+raises a ``ValueError`` (a ``TypeError`` for a wrong type) that names the argument and says what it
+should be.
 
 The names are public; the module's leading underscore says that it is the package's plumbing,
 not its interface: ``transformer_lib`` does not re-export it.
@@ -33,7 +34,8 @@ def check_probability(name: str, value: float) -> None:
 def check_layer_norm_eps(value: float) -> None:
     """A LayerNorm's ``eps`` is a positive finite number."""
     # eps keeps the division by the standard deviation finite: 0 or less gives inf or NaN
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value < float("inf")):
         raise ValueError(f"layer_norm_eps must be a positive finite number, got {value!r}")
 
 
@@ -45,8 +47,8 @@ def check_mask(name: str, mask: Tensor | None, shape: torch.Size, letters: str) 
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
-                         f"convert a 0/1 mask with mask.bool()")
+        raise ValueError(f"{name} must be a bool tensor (True = may attend), "
+                         f"got dtype {mask.dtype}; convert a 0/1 mask with mask.bool()")
     try:
         fits = torch.broadcast_shapes(mask.shape, shape) == shape
     except RuntimeError:

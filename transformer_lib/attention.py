@@ -43,7 +43,8 @@ def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
         over heads and queries to ``(B, H, T, S)``.
     """
     if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor of shape (B, S), got {type(tokens).__name__}")
+        raise TypeError("tokens must be a torch.Tensor of shape (B, S), "
+                        f"got {type(tokens).__name__}")
     if tokens.dim() != 2:
         raise ValueError(f"tokens must have shape (B, S), got shape {tuple(tokens.shape)}")
     if tokens.is_floating_point() or tokens.is_complex():
@@ -63,7 +64,8 @@ def _check_attention_args(query: Tensor, key: Tensor, value: Tensor, mask: Tenso
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., length, features), got {tuple(t.shape)}")
+            raise ValueError(f"{name} must have shape (..., length, features), "
+                             f"got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if key.dtype != query.dtype or value.dtype != query.dtype:
@@ -75,12 +77,14 @@ def _check_attention_args(query: Tensor, key: Tensor, value: Tensor, mask: Tenso
                          f"{tuple(key.shape)} should be (..., S, Dk)")
     if value.shape[-2] != key.shape[-2]:
         raise ValueError(f"value must have one row per key: key {tuple(key.shape)} is (..., S, Dk) "
-                         f"with S={key.shape[-2]}, value {tuple(value.shape)} should be (..., S, Dv)")
+                         f"with S={key.shape[-2]}, value {tuple(value.shape)} should be "
+                         "(..., S, Dv)")
     try:
         batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     except RuntimeError:
         raise ValueError(f"query, key and value must have broadcastable batch dimensions, got "
-                         f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}") from None
+                         f"{tuple(query.shape)}, "
+                         f"{tuple(key.shape)} and {tuple(value.shape)}") from None
     scores_shape = torch.Size((*batch, query.shape[-2], key.shape[-2]))
     check_mask("mask", mask, scores_shape, "the attention scores' shape (..., T, S)")
     if not 0.0 <= dropout_p <= 1.0:
@@ -126,7 +130,8 @@ def scaled_dot_product_attention(
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)  # (..., T, S), normalized over the keys
     if mask is not None:
-        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # fully masked rows -> 0
+        # fully masked rows -> 0
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ value, weights  # (..., T, S) @ (..., S, Dv) -> (..., T, Dv)

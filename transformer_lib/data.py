@@ -28,7 +28,8 @@ _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 FIRST_DATE = datetime.date(1950, 1, 1)  # every date of the task lies in [FIRST_DATE, LAST_DATE],
 LAST_DATE = datetime.date(2049, 12, 31)  # so a two-digit year yy is 20yy if yy < 50, else 19yy
 
-# The formats used for training, validation and testing: {name (how it writes 3 March 2021): template}.
+# The formats used for training, validation and testing: {name (how it writes 3 March 2021):
+# template}.
 DATE_FORMATS: dict[str, str] = {
     "3 March 2021": "{d} {month} {yyyy}",
     "3rd of March 2021": "{th} of {month} {yyyy}",
@@ -80,7 +81,8 @@ def format_date(day: datetime.date, template: str) -> str:
     try:
         return template.format(
             d=day.day, dd=f"{day.day:02d}", th=ordinal(day.day), m=day.month, mm=f"{day.month:02d}",
-            month=month, mon=month[:3], MONTH=month.upper(), yyyy=day.year, yy=f"{day.year % 100:02d}",
+            month=month, mon=month[:3], MONTH=month.upper(), yyyy=day.year,
+            yy=f"{day.year % 100:02d}",
             weekday=_WEEKDAYS[day.weekday()], wd=_WEEKDAYS[day.weekday()][:3])
     except (KeyError, IndexError) as err:
         raise ValueError(f"template {template!r} uses an unknown field {err}") from None
@@ -125,7 +127,8 @@ def make_date_splits(num_train: int = 20_000, num_valid: int = 1_000, num_test: 
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     rng = random.Random(seed)
-    days = [FIRST_DATE + datetime.timedelta(days=i) for i in range((LAST_DATE - FIRST_DATE).days + 1)]
+    days = [FIRST_DATE + datetime.timedelta(days=i)
+            for i in range((LAST_DATE - FIRST_DATE).days + 1)]
     rng.shuffle(days)
     cut1, cut2 = int(0.8 * len(days)), int(0.9 * len(days))
     train_days, valid_days, test_days = days[:cut1], days[cut1:cut2], days[cut2:]
@@ -172,7 +175,8 @@ class Seq2SeqTokenizer:
 
     @property
     def chars(self) -> str:
-        """The vocabulary without the special tokens: ``Seq2SeqTokenizer(tok.chars)`` rebuilds ``tok``."""
+        """The vocabulary without the special tokens: ``Seq2SeqTokenizer(tok.chars)`` rebuilds
+        ``tok``."""
         return "".join(self.tokens[4:])
 
     @property
@@ -187,7 +191,8 @@ class Seq2SeqTokenizer:
         return f"Seq2SeqTokenizer({len(self)} tokens: 4 special + {self.chars!r})"
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """``text`` -> ids, one per character (``<unk>`` for unknown ones), with BOS/EOS if asked."""
+        """``text`` -> ids, one per character (``<unk>`` for unknown ones), with BOS/EOS if
+        asked."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids = [self._ids.get(c, self.unk_id) for c in text]
@@ -206,7 +211,8 @@ class Seq2SeqTokenizer:
             if isinstance(i, bool) or not isinstance(i, int):
                 raise ValueError(f"ids must be one sequence of ints, got an element {i!r}")
             if not 0 <= i < len(self.tokens):
-                raise ValueError(f"ids contains {i}, outside the vocabulary [0, {len(self.tokens)})")
+                raise ValueError(f"ids contains {i}, "
+                                 f"outside the vocabulary [0, {len(self.tokens)})")
             if i == self.eos_id:
                 break
             if i not in (self.pad_id, self.bos_id):
@@ -265,7 +271,8 @@ class TranslationBatch:
         return int((self.tgt_out != IGNORE_INDEX).sum())
 
 
-def collate_translation(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int = 0) -> TranslationBatch:
+def collate_translation(examples: Sequence[tuple[Tensor, Tensor]],
+                        pad_id: int = 0) -> TranslationBatch:
     """Pad a list of ``(src (S_i,), tgt (T_i + 1,))`` pairs into a :class:`TranslationBatch`.
 
     Use as ``DataLoader(dataset, collate_fn=partial(collate_translation, pad_id=...))``.
@@ -287,7 +294,8 @@ def collate_translation(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int =
     tgt = pad_sequence(targets, batch_first=True, padding_value=pad_id)  # (B, T + 1)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # (B, T) each: read y_<t, predict y_t
     tgt_out = tgt_out.masked_fill(tgt_out == pad_id, IGNORE_INDEX)
-    tgt_mask = causal_mask(tgt_in.size(1), device=tgt.device) & padding_mask(tgt_in, pad_id)  # (B, 1, T, T)
+    # (B, 1, T, T)
+    tgt_mask = causal_mask(tgt_in.size(1), device=tgt.device) & padding_mask(tgt_in, pad_id)
     return TranslationBatch(src, tgt_in, tgt_out, padding_mask(src, pad_id), tgt_mask)
 
 
@@ -314,11 +322,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         bucket_size = 50 * batch_size if bucket_size is None else bucket_size
-        if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < batch_size:
+        if (isinstance(bucket_size, bool) or not isinstance(bucket_size, int)
+                or bucket_size < batch_size):
             raise ValueError(f"bucket_size must be an int >= batch_size = {batch_size}, "
                              f"got {bucket_size!r}")
         self.lengths = list(lengths)
-        self.batch_size, self.shuffle, self.bucket_size, self.seed = batch_size, shuffle, bucket_size, seed
+        self.batch_size, self.shuffle, self.bucket_size, self.seed = (batch_size, shuffle,
+                                                                      bucket_size, seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -333,7 +343,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), self.bucket_size):
             bucket = sorted(order[start:start + self.bucket_size], key=self.lengths.__getitem__)
-            batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+            batches += [bucket[i:i + self.batch_size]
+                        for i in range(0, len(bucket), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
         return iter(batches)

@@ -126,18 +126,22 @@ def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
     d_model, num_heads = attention.d_model, attention.num_heads
     for name, t, shape in (("x", x, "(B, T, D)"), ("memory", memory, "(B, S, D)")):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(t).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, "
+                            f"got {type(t).__name__}")
         if t.dim() != 3 or t.size(-1) != d_model:
             raise ValueError(f"{name} must have shape {shape} with D = d_model = {d_model}, "
                              f"got shape {tuple(t.shape)}")
     if memory.size(0) != x.size(0):
-        raise ValueError(f"memory must have x's batch size B = {x.size(0)} (one source per target), "
-                         f"got memory {tuple(memory.shape)} and x {tuple(x.shape)}")
+        raise ValueError(f"memory must have x's batch size B = {x.size(0)} "
+                         f"(one source per target), got memory {tuple(memory.shape)} and x "
+                         f"{tuple(x.shape)}")
     if memory.dtype != x.dtype:
         raise ValueError(f"memory must have x's dtype {x.dtype}, got {memory.dtype}")
     B, T, S = x.size(0), x.size(1), memory.size(1)
-    keys = "T" if cached == 0 else "cached + T"  # with a cache, the new positions see the cached ones
-    check_mask("self_mask", self_mask, torch.Size((B, num_heads, T, cached + T)), f"(B, H, T, {keys})")
+    # with a cache, the new positions see the cached ones
+    keys = "T" if cached == 0 else "cached + T"
+    check_mask("self_mask", self_mask, torch.Size((B, num_heads, T, cached + T)),
+               f"(B, H, T, {keys})")
     check_mask("memory_mask", memory_mask, torch.Size((B, num_heads, T, S)), "(B, H, T, S)")
 
 

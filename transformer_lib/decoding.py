@@ -209,7 +209,8 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
                 row = b * k + beam
                 if token == eos_id:  # set aside; it no longer competes for a place in the beam
                     ended = torch.cat([tokens[row], tokens.new_tensor([eos_id])])
-                    finished[b].append(_Finished(score / length_penalty(t, length_alpha), score, ended))
+                    finished[b].append(_Finished(score / length_penalty(t, length_alpha), score,
+                                                 ended))
                     continue
                 keep_rows.append(row)
                 keep_tokens.append(token)
@@ -361,7 +362,8 @@ class IncrementalDecoder:
             raise ValueError(f"IncrementalDecoder expects prefixes one token longer at each call: "
                              f"has seen {self.length} tokens, got a prefix of {prefix.size(1)}")
         newest = prefix[:, -1:]  # (N, 1): the caches hold what the earlier tokens contribute
-        logits = self.model.decode(newest, self.memory, self.src_mask, cache=self.caches)  # (N, 1, V)
+        logits = self.model.decode(newest, self.memory, self.src_mask,
+                                   cache=self.caches)  # (N, 1, V)
         return F.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
 
     def reorder(self, index: Tensor) -> None:

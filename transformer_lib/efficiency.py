@@ -94,7 +94,8 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
 
 
 def peak_flops(device: torch.device | str) -> float | None:
-    """The dense bf16 peak FLOP/s of ``device`` from :data:`PEAK_BF16_FLOPS`; None if unknown (a CPU)."""
+    """The dense bf16 peak FLOP/s of ``device`` from :data:`PEAK_BF16_FLOPS`; None if unknown
+    (a CPU)."""
     device = torch.device(device)
     if device.type != "cuda":
         return None

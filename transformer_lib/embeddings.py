@@ -58,7 +58,8 @@ class TokenEmbedding(nn.Module):
         super().__init__()
         _check_positive_int("vocab_size", vocab_size, "the number of tokens V")
         _check_positive_int("d_model", d_model, "the embedding width D")
-        if padding_idx is not None and (isinstance(padding_idx, bool) or not isinstance(padding_idx, int)
+        if padding_idx is not None and (isinstance(padding_idx, bool)
+                                        or not isinstance(padding_idx, int)
                                         or not 0 <= padding_idx < vocab_size):
             raise ValueError(f"padding_idx must be None or a token id in [0, {vocab_size}), "
                              f"got {padding_idx!r}")
@@ -83,7 +84,8 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """Embed ``tokens`` ``(B, T)`` (any shape of ids) -> ``(B, T, D)``."""
         if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+            raise TypeError("tokens must be a torch.Tensor of token ids, "
+                            f"got {type(tokens).__name__}")
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
         return self.embedding(tokens) * self.scale_factor  # (B, T) -> (B, T, D)
@@ -118,7 +120,8 @@ def sinusoidal_positional_encoding(
         A ``(T, D)`` tensor with values in ``[-1, 1]``; every row has norm ``sqrt(D / 2)``.
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"length must be a non-negative int (the number of positions T), got {length!r}")
+        raise ValueError("length must be a non-negative int (the number of positions T), "
+                         f"got {length!r}")
     _check_even("d_model", d_model, "sinusoidal encodings")
     _check_base(base)
     dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -136,12 +139,15 @@ def _check_positions_input(x: Tensor, d_model: int, offset: int, max_len: int) -
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, T, D), got {type(x).__name__}")
     if x.dim() < 2 or x.size(-1) != d_model:
-        raise ValueError(f"x must have shape (B, T, D) with D=d_model={d_model}, got {tuple(x.shape)}")
+        raise ValueError(f"x must have shape (B, T, D) with D=d_model={d_model}, "
+                         f"got {tuple(x.shape)}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int (the position of x[:, 0]), got {offset!r}")
+        raise ValueError("offset must be a non-negative int (the position of x[:, 0]), "
+                         f"got {offset!r}")
     if offset + x.size(-2) > max_len:
-        raise ValueError(f"sequence length {x.size(-2)} (positions {offset}..{offset + x.size(-2) - 1}) "
-                         f"exceeds max_len={max_len}; build the module with a larger max_len")
+        raise ValueError(f"sequence length {x.size(-2)} (positions "
+                         f"{offset}..{offset + x.size(-2) - 1}) exceeds max_len={max_len}; "
+                         "build the module with a larger max_len")
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -270,7 +276,8 @@ def apply_rotary(x: Tensor, positions: Tensor | None = None, base: float = 10000
 
     .. math::
         \begin{pmatrix} y_{2i} \\ y_{2i+1} \end{pmatrix} =
-        \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\ \sin m\theta_i & \cos m\theta_i \end{pmatrix}
+        \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\
+                        \sin m\theta_i & \cos m\theta_i \end{pmatrix}
         \begin{pmatrix} x_{2i} \\ x_{2i+1} \end{pmatrix}
 
     so that ``apply_rotary(q)[m] @ apply_rotary(k)[n]`` depends on ``m - n`` only.
@@ -294,7 +301,8 @@ def apply_rotary(x: Tensor, positions: Tensor | None = None, base: float = 10000
     _check_even("x.size(-1)", x.size(-1), "rotary features")
     if positions is None:
         positions = torch.arange(x.size(-2), device=x.device)  # (T,)
-    elif not isinstance(positions, Tensor) or positions.is_complex() or positions.dtype == torch.bool:
+    elif (not isinstance(positions, Tensor) or positions.is_complex()
+            or positions.dtype == torch.bool):
         raise ValueError("positions must be a real tensor of positions broadcastable to "
                          f"x.shape[:-1]={tuple(x.shape[:-1])}, got {positions!r}")
     else:
@@ -308,7 +316,8 @@ def apply_rotary(x: Tensor, positions: Tensor | None = None, base: float = 10000
     # angles in at least float32, whatever x's dtype: m * theta reaches thousands of radians
     work = torch.promote_types(x.dtype, torch.float32)
     theta = rotary_frequencies(x.size(-1), base, device=x.device, dtype=work)  # (Dh/2,)
-    angle = positions.to(x.device, work)[..., None] * theta  # (..., T, 1) * (Dh/2,) -> (..., T, Dh/2)
+    # (..., T, 1) * (Dh/2,) -> (..., T, Dh/2)
+    angle = positions.to(x.device, work)[..., None] * theta
     cos, sin = angle.cos(), angle.sin()
     x_even, x_odd = x[..., 0::2].to(work), x[..., 1::2].to(work)  # (..., T, Dh/2) each
     rotated = torch.stack([x_even * cos - x_odd * sin,

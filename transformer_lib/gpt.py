@@ -127,7 +127,8 @@ class CharTokenizer:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """The shape of a decoder-only :class:`GPT`; GPT-2 small is ``GPTConfig(50257, 1024, 768, 12, 12)``."""
+    """The shape of a decoder-only :class:`GPT`; GPT-2 small is
+    ``GPTConfig(50257, 1024, 768, 12, 12)``."""
 
     vocab_size: int  # V: the token ids the model reads and predicts
     context_length: int  # C: the most tokens it sees at once; positions 0 .. C-1 have vectors
@@ -230,8 +231,10 @@ class GPT(nn.Module):
         if cache is not None and idx.size(0) != cache.batch_size:
             raise ValueError(f"idx has batch size {idx.size(0)} but the cache was made for "
                              f"batch_size={cache.batch_size}")
-        x = self.positions(self.embed(idx), offset=t)  # (B, T) -> (B, T, D), positions t, t + 1, ...
-        h = self.blocks(x, is_causal=True, cache=None if cache is None else cache.layers)  # (B, T, D)
+        # (B, T) -> (B, T, D), positions t, t + 1, ...
+        x = self.positions(self.embed(idx), offset=t)
+        h = self.blocks(x, is_causal=True,
+                        cache=None if cache is None else cache.layers)  # (B, T, D)
         return self.out_proj(h)  # (B, T, D) -> (B, T, V)
 
     @torch.no_grad()
@@ -296,11 +299,13 @@ def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"logits must be (B, T, V) and targets (B, T), got logits "
                          f"{tuple(logits.shape)} and targets {tuple(targets.shape)}")
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=ignore_index)
 
 
 def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
@@ -498,7 +503,8 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, temperature: float = 
     way, up to float rounding (which can decide only near-ties).
     """
     model._check_idx(idx)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 0):
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     _check_sampling_args(temperature, top_k, top_p)
     C = model.config.context_length

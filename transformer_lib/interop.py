@@ -213,7 +213,8 @@ def _from_encoder(module: nn.TransformerEncoder) -> Encoder:
 
 @_register(nn.TransformerDecoderLayer)
 def _from_decoder_layer(module: nn.TransformerDecoderLayer) -> DecoderLayer:
-    # PyTorch has one dropout module per sub-layer (dropout1..3); ours shares one, so they must agree
+    # PyTorch has one dropout module per sub-layer (dropout1..3); ours shares one, so they must
+    # agree
     rates = {name: getattr(module, name).p for name in ("dropout1", "dropout2", "dropout3")}
     if len(set(rates.values())) > 1:
         raise ValueError(f"from_torch needs the same dropout after every sub-layer (DecoderLayer "

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """The shape of an encoder-decoder :class:`Transformer`; the defaults are the paper's base model."""
+    """The shape of an encoder-decoder :class:`Transformer`; the defaults are the paper's base
+    model."""
 
     src_vocab_size: int  # V_src: the token ids the encoder reads
     tgt_vocab_size: int  # V_tgt: the token ids the decoder reads and predicts
@@ -140,10 +141,12 @@ class Transformer(nn.Module):
     def _check_tokens(self, name: str, tokens: Tensor, vocab_size: int) -> None:
         if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
             shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a (B, length) tensor of integer token ids, got {shape}")
+            raise ValueError(f"{name} must be a (B, length) tensor of integer token "
+                             f"ids, got {shape}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
             bad = tokens[(tokens < 0) | (tokens >= vocab_size)][0].item()
-            raise ValueError(f"{name} contains the id {bad}, outside the vocabulary [0, {vocab_size})")
+            raise ValueError(f"{name} contains the id {bad}, "
+                             f"outside the vocabulary [0, {vocab_size})")
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Encode source tokens.

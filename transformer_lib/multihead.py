@@ -57,7 +57,8 @@ def _fast_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
     if mask is None:  # every query sees a key, also with is_causal (at least itself)
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
                                               is_causal=is_causal)
-    has_key = mask.any(dim=-1, keepdim=True)  # (..., T, S) -> (..., T, 1): does the query see a key?
+    # (..., T, S) -> (..., T, 1): does the query see a key?
+    has_key = mask.any(dim=-1, keepdim=True)
     # Some kernels return NaN for a row with no allowed key. Let such rows attend everywhere
     # (finite numbers), then zero their output: zeros forward, zero gradient backward.
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask | ~has_key,
@@ -157,12 +158,14 @@ class MultiHeadAttention(nn.Module):
                                  f"T == S), got T={T} queries and S={key.size(1)} keys")
         q = split_heads(self.q_proj(query), self.num_heads)  # (B, T, D) -> (B, H, T, Dh)
         if cache is not None and cache.cross and cache.length > 0:
-            k, v = cache.keys, cache.values  # (B, H, S, Dh): the memory's, projected at the first call
+            # (B, H, S, Dh): the memory's, projected at the first call
+            k, v = cache.keys, cache.values
         else:
             k = split_heads(self.k_proj(key), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
             v = split_heads(self.v_proj(value), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
             if cache is not None:
-                k, v = cache.update(k, v)  # (B, H, cached + S, Dh): the earlier positions, then these
+                # (B, H, cached + S, Dh): the earlier positions, then these
+                k, v = cache.update(k, v)
         S = k.size(2)
         if is_causal and (need_weights or S != T):
             # the readable path needs the mask itself; after cached keys, query i is position
@@ -199,9 +202,10 @@ class MultiHeadAttention(nn.Module):
             return  # autocast picks each product's dtype itself
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.dtype != weight.dtype:
-                raise ValueError(f"{name} must have the dtype of the layer's weights, {weight.dtype}, "
-                                 f"got {t.dtype}: convert the input with .to({weight.dtype}) or the "
-                                 f"layer with .to({t.dtype})")
+                raise ValueError(f"{name} must have the dtype of the layer's weights, "
+                                 f"{weight.dtype}, got {t.dtype}: "
+                                 f"convert the input with .to({weight.dtype}) or the layer with "
+                                 f".to({t.dtype})")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}"

@@ -1,4 +1,5 @@
-"""The training command: ``python -m transformer_lib.train``. Hand-written (not generated from a chapter).
+"""The training command: ``python -m transformer_lib.train``. Hand-written (not generated from a
+chapter).
 
 It trains chapter 8's :class:`~transformer_lib.gpt.GPT` on the Python standard library's own
 source with the techniques that lab 5 (``labs/solutions/05_gpu_training_lab.ipynb``) measures one
@@ -8,7 +9,8 @@ checkpoints to resume from. Each is a field of :class:`TrainConfig`; a preset pi
 
     python -m transformer_lib.train --preset cpu-smoke --max-steps 50 --out runs/smoke
     python -m transformer_lib.train --preset gpu --out runs/gpu            # a CUDA GPU
-    python -m transformer_lib.train --preset gpu --out runs/gpu --resume   # go on from DIR/checkpoint
+    # go on from DIR/checkpoint
+    python -m transformer_lib.train --preset gpu --out runs/gpu --resume
     torchrun --standalone --nproc_per_node 8 -m transformer_lib.train --preset gpu --out runs/ddp
 
 Under ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``) it trains with
@@ -83,12 +85,14 @@ class TrainConfig:
     d_model: int = _setting(128, "D: the width of every position's vector")
     num_heads: int = _setting(4, "H: attention heads per layer; must divide d_model")
     num_layers: int = _setting(4, "N: transformer blocks")
-    dropout: float = _setting(0.0, "on embeddings, attention and sub-layer outputs; 0 for short runs")
+    dropout: float = _setting(0.0, "on embeddings, attention and sub-layer outputs; "
+                              "0 for short runs")
     vocab_size: int | None = _setting(None, "None: the tokenizer's; required with data \"random\"")
     # the data
     data: str = _setting("stdlib", "\"stdlib\": the standard library's source; \"random\": random "
                                    "ids, for speed", choices=("stdlib", "random"))
-    max_chars: int = _setting(1_000_000, "characters of source to read (every tenth file is held out)")
+    max_chars: int = _setting(1_000_000,
+                              "characters of source to read (every tenth file is held out)")
     max_file_bytes: int = _setting(32_000, "larger files are skipped; the whole library is about "
                                            "10M characters")
     # optimization
@@ -104,8 +108,10 @@ class TrainConfig:
     # speed
     dtype: str = _setting("float32", "\"bfloat16\": autocast runs matmuls and attention in bf16, "
                                      "weights stay float32", choices=("float32", "bfloat16"))
-    tf32: bool = _setting(False, "float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)")
-    fused_attention: bool = _setting(True, "off: SDPA's unfused math kernel (a (T, T) matrix per head)")
+    tf32: bool = _setting(False,
+                          "float32 matmuls on TF32 tensor cores (Ampere and later GPUs only)")
+    fused_attention: bool = _setting(True, "off: SDPA's unfused math kernel "
+                                     "(a (T, T) matrix per head)")
     compile: bool = _setting(False, "torch.compile the model")
     fused_adamw: bool = _setting(False, "one fused kernel for the whole AdamW update")
     # bookkeeping
@@ -130,8 +136,8 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be a finite number within float32's range "
                                  f"(|x| <= 3.4e38), got {value!r}")
         for name in ("context_length", "d_model", "num_heads", "num_layers", "max_chars",
-                     "max_file_bytes", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
-                     "log_every"):
+                     "max_file_bytes", "batch_size", "grad_accum", "max_steps", "eval_every",
+                     "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "checkpoint_every", "seed"):
@@ -169,7 +175,8 @@ class TrainConfig:
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         """The model's :class:`GPTConfig` for a vocabulary of ``vocab_size``."""
-        return GPTConfig(vocab_size=self.vocab_size or vocab_size, context_length=self.context_length,
+        return GPTConfig(vocab_size=self.vocab_size or vocab_size,
+                         context_length=self.context_length,
                          d_model=self.d_model, num_heads=self.num_heads, num_layers=self.num_layers,
                          dropout=self.dropout)
 
@@ -317,9 +324,9 @@ def _checked_device(device: torch.device | str) -> torch.device:
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {str(device)!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r} needs a CUDA GPU, and this PyTorch sees none "
-                              f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
-                              f"use --device cpu")
+            raise ConfigError(f"device {str(device)!r} needs a CUDA GPU, "
+                              f"and this PyTorch sees none (torch {torch.__version__}, "
+                              f"torch.cuda.is_available() is False): use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device {str(device)!r}: this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s)")
@@ -421,7 +428,8 @@ class _Run:
         return c.batch_size * c.grad_accum * self.env.world_size * c.context_length
 
     def mfu(self, tokens_per_sec: float) -> float | None:
-        """The model FLOPs utilization of a rate: the FLOP/s it means over what the GPUs could do."""
+        """The model FLOPs utilization of a rate: the FLOP/s it means over what the GPUs could
+        do."""
         if self.peak is None:
             return None
         return tokens_per_sec * self.flops_per_token / (self.peak * self.env.world_size)
@@ -749,11 +757,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke",
                         help="a starting configuration; the flags below override it")
     parser.add_argument("--out", required=True, help="output folder: metrics.jsonl, checkpoint/")
-    parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint if present")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from OUT/checkpoint if present")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run that OUT holds and start over (without it, or "
                              "--resume, a folder holding a run is refused)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, or the CPU)")
+    parser.add_argument("--device",
+                        help="cpu, cuda, cuda:1 ... (default: this rank's GPU, or the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="stop after update N with a checkpoint, as if interrupted")

@@ -65,14 +65,16 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: floa
                          f"{tuple(logits.shape)} and target {tuple(target.shape)}")
     log_probs = F.log_softmax(logits, dim=-1)  # (..., V)
     keep = target != ignore_index  # (...)
-    nll = -log_probs.gather(-1, target.masked_fill(~keep, 0)[..., None]).squeeze(-1)  # -log p_y, (...)
+    # -log p_y, (...)
+    nll = -log_probs.gather(-1, target.masked_fill(~keep, 0)[..., None]).squeeze(-1)
     uniform = -log_probs.mean(dim=-1)  # (1 / V) sum_v -log p_v, (...)
     loss = (1.0 - smoothing) * nll + smoothing * uniform  # (...)
     return loss.masked_select(keep).mean()
 
 
 def seq2seq_loss(model: nn.Module, batch: TranslationBatch, label_smoothing: float = 0.0) -> Tensor:
-    """The teacher-forcing loss of an encoder-decoder on one batch (a ``loss_fn`` for :class:`Trainer`).
+    """The teacher-forcing loss of an encoder-decoder on one batch (a ``loss_fn`` for
+    :class:`Trainer`).
 
     Args:
         model: a :class:`Transformer` (anything called as ``model(src, tgt_in, src_mask, tgt_mask)``
@@ -134,7 +136,8 @@ def warmup_cosine_schedule(step: int, warmup_steps: int, total_steps: int,
     _check_step(step)
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= warmup_steps:
+    if (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+            or total_steps <= warmup_steps):
         raise ValueError(f"total_steps must be an int > warmup_steps = {warmup_steps}, "
                          f"got {total_steps!r}")
     if not 0.0 <= min_factor <= 1.0:
@@ -223,9 +226,10 @@ def _model_config(model: nn.Module) -> str | None:
     return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    **state: Any) -> Path:
-    """Save a model's weights, an optimizer's state and plain training state into the folder ``path``.
+def save_checkpoint(path: str | Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, **state: Any) -> Path:
+    """Save a model's weights, an optimizer's state and plain training state into the folder
+    ``path``.
 
     ``path/model.safetensors`` holds the weights (a tensor shared by two names, such as tied
     embeddings, is stored once) and the model's config, if it has one; ``path/state.pt`` holds
@@ -259,7 +263,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     shutil.rmtree(old, ignore_errors=True)
     new.mkdir()
     config = _model_config(model)
-    save_model(model, str(new / _MODEL_FILE), metadata=None if config is None else {"config": config})
+    save_model(model, str(new / _MODEL_FILE),
+               metadata=None if config is None else {"config": config})
     torch.save({"optimizer": None if optimizer is None else optimizer.state_dict(), "state": state},
                new / _STATE_FILE)
     for file in (new / _MODEL_FILE, new / _STATE_FILE, new):
@@ -288,7 +293,8 @@ def latest_checkpoint(path: str | Path) -> Path | None:
 
 def _read_state(folder: Path) -> dict[str, Any]:
     file = folder / _STATE_FILE
-    if not zipfile.is_zipfile(file):  # torch.save writes a zip archive: this one was cut or overwritten
+    # torch.save writes a zip archive: this one was cut or overwritten
+    if not zipfile.is_zipfile(file):
         raise CheckpointError(f"{file} is damaged and cannot be read (not a torch.save archive)")
     try:
         saved = torch.load(file, map_location="cpu", weights_only=True)
@@ -342,7 +348,8 @@ def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     run's settings with the ones it was saved with, say). Raises as :func:`load_checkpoint`."""
     folder = latest_checkpoint(path)
     if folder is None:
-        raise FileNotFoundError(f"{path} is not a checkpoint: {_MODEL_FILE} or {_STATE_FILE} missing")
+        raise FileNotFoundError(f"{path} is not a checkpoint: "
+                                f"{_MODEL_FILE} or {_STATE_FILE} missing")
     return _read_state(folder)["state"]
 
 
@@ -394,7 +401,8 @@ def load_checkpoint(path: str | Path, model: nn.Module,
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
-    """Move a batch (a tensor, anything with ``.to``, or a tuple/list/dict of them) to ``device``."""
+    """Move a batch (a tensor, anything with ``.to``, or a tuple/list/dict of them) to
+    ``device``."""
     if hasattr(batch, "to"):
         return batch.to(device)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
@@ -455,7 +463,8 @@ class Trainer:
         model: the model to train, already on its device (batches are moved there).
         optimizer: an optimizer over ``model``'s parameters; its learning rates are the peak
             rates, which ``schedule`` multiplies.
-        loss_fn: ``(model, batch) -> scalar loss``; e.g. ``partial(seq2seq_loss, label_smoothing=0.1)``.
+        loss_fn: ``(model, batch) -> scalar loss``; e.g. ``partial(seq2seq_loss,
+            label_smoothing=0.1)``.
         train_loader: an iterable of batches with a length, e.g. a ``DataLoader``. If it, its
             ``sampler`` or its ``batch_sampler`` has ``set_epoch``, the trainer calls it every
             epoch; with an order that depends only on the epoch (:class:`BucketBatchSampler`),
@@ -495,12 +504,14 @@ class Trainer:
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.train_loader, self.valid_loader, self.metrics_fn = train_loader, valid_loader, metrics_fn
+        self.train_loader, self.valid_loader, self.metrics_fn = (train_loader, valid_loader,
+                                                                 metrics_fn)
         self.schedule, self.max_grad_norm = schedule, max_grad_norm
         self.patience, self.monitor, self.mode, self.progress = patience, monitor, mode, progress
         self.device = next(model.parameters()).device
         for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])  # the peak rate, kept in the optimizer's state
+            # the peak rate, kept in the optimizer's state
+            group.setdefault("initial_lr", group["lr"])
         self.step = self.epoch = self.batch_in_epoch = 0
         self.history: dict[str, dict[str, list]] = {
             "train": {"step": [], "loss": [], "lr": [], "grad_norm": []},
@@ -525,7 +536,8 @@ class Trainer:
         self.step += 1
         train = self.history["train"]
         for key, value in (("step", self.step), ("loss", loss.item()),
-                           ("lr", self.optimizer.param_groups[0]["lr"]), ("grad_norm", grad_norm.item())):
+                           ("lr", self.optimizer.param_groups[0]["lr"]),
+                           ("grad_norm", grad_norm.item())):
             train[key].append(value)
         return train["loss"][-1]
 
@@ -535,13 +547,15 @@ class Trainer:
         self.model.eval()
         results: dict[str, float] = {}
         if self.valid_loader is not None:
-            losses = [self.loss_fn(self.model, _to_device(b, self.device)).item() for b in self.valid_loader]
+            losses = [self.loss_fn(self.model, _to_device(b, self.device)).item()
+                      for b in self.valid_loader]
             results["loss"] = sum(losses) / len(losses)
         if self.metrics_fn is not None:
             results.update(self.metrics_fn(self.model))
         return results
 
-    def fit(self, epochs: int | None = None, max_steps: int | None = None) -> dict[str, dict[str, list]]:
+    def fit(self, epochs: int | None = None,
+            max_steps: int | None = None) -> dict[str, dict[str, list]]:
         """Train until ``epochs`` complete epochs or ``max_steps`` updates in all (counting those
         before a checkpoint), or until early stopping.
 
@@ -551,7 +565,8 @@ class Trainer:
         if epochs is None and max_steps is None:
             raise ValueError("give epochs, max_steps or both")
         for name, value in (("epochs", epochs), ("max_steps", max_steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if (value is not None
+                    and (isinstance(value, bool) or not isinstance(value, int) or value < 0)):
                 raise ValueError(f"{name} must be None or a non-negative int, got {value!r}")
         limits = [max_steps] if max_steps is not None else []
         if epochs is not None and hasattr(self.train_loader, "__len__"):
@@ -621,7 +636,8 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     def save(self, path: str | Path, **extra: Any) -> Path:
-        """Checkpoint the model, the optimizer and the trainer (plus ``extra`` state) to ``path``."""
+        """Checkpoint the model, the optimizer and the trainer (plus ``extra`` state) to
+        ``path``."""
         return save_checkpoint(path, self.model, self.optimizer, trainer=self.state_dict(), **extra)
 
     def load(self, path: str | Path) -> dict[str, Any]:
@@ -632,8 +648,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[str], max_len: int = 32,
-              beam_size: int = 1, batch_size: int = 500, **beam_kwargs: Any) -> list[str]:
+def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[str],
+              max_len: int = 32, beam_size: int = 1, batch_size: int = 500,
+              **beam_kwargs: Any) -> list[str]:
     """Translate texts with an encoder-decoder: encode, decode, and turn the ids back into text.
 
     Args:
@@ -655,11 +672,14 @@ def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[s
     device = next(model.parameters()).device
     outputs: list[str] = []
     for start in range(0, len(sources), batch_size):
-        ids = [torch.tensor(tokenizer.encode(s), dtype=torch.long) for s in sources[start:start + batch_size]]
-        src = pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_id).to(device)  # (B, S)
+        ids = [torch.tensor(tokenizer.encode(s), dtype=torch.long)
+               for s in sources[start:start + batch_size]]
+        src = pad_sequence(ids, batch_first=True,
+                           padding_value=tokenizer.pad_id).to(device)  # (B, S)
         src_mask = padding_mask(src, tokenizer.pad_id)  # (B, 1, 1, S)
         if beam_size == 1:
-            out = greedy_decode(model, src, max_len, tokenizer.bos_id, tokenizer.eos_id, src_mask=src_mask)
+            out = greedy_decode(model, src, max_len, tokenizer.bos_id, tokenizer.eos_id,
+                                src_mask=src_mask)
         else:
             out = beam_search(model, src, max_len, tokenizer.bos_id, tokenizer.eos_id,
                               beam_size=beam_size, src_mask=src_mask, **beam_kwargs)

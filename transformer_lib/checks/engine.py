@@ -99,7 +99,8 @@ def show_in_notebook(shell: Any, etype: type[BaseException], value: BaseExceptio
         frame = calls[-1]
         code = f": {frame.line.strip()}" if frame.line else ""
         lines.append(f"\n({check} failed, called at line {frame.lineno}{code})")
-    shell._showtraceback(etype, value, lines)  # what shell.showtraceback ends with (a kernel's hook)
+    # what shell.showtraceback ends with (a kernel's hook)
+    shell._showtraceback(etype, value, lines)
     return lines
 
 
@@ -253,7 +254,8 @@ def fmt_row(t: Tensor, limit: int = 6) -> str:
 def diff_tensor(name: str, got: Any, want: Tensor) -> str | None:
     """A few lines locating the largest difference; ``None`` if the tensors agree."""
     if not isinstance(got, Tensor):
-        return f"  {name}: yours is a {type(got).__name__}, expected a tensor of shape {tuple(want.shape)}"
+        return (f"  {name}: yours is a {type(got).__name__}, "
+                f"expected a tensor of shape {tuple(want.shape)}")
     if got.shape != want.shape:
         return f"  {name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     if close(got, want):
@@ -264,7 +266,8 @@ def diff_tensor(name: str, got: Any, want: Tensor) -> str | None:
         lines = [f"  {name}: {count} of {want.numel()} entries differ (1 = True, 0 = False)"]
         if want.dim() == 2 and want.size(0) <= 8:
             for i in range(want.size(0)):
-                lines.append(f"    row {i}: yours {fmt_row(got[i].bool(), 8)}   expected {fmt_row(want[i], 8)}")
+                lines.append(f"    row {i}: yours {fmt_row(got[i].bool(), 8)}   expected "
+                             f"{fmt_row(want[i], 8)}")
         else:
             index = tuple(int(i) for i in wrong.nonzero()[0])
             lines.append(f"    yours    {fmt_row(got.bool()[index[:-1]], 8)} at {list(index[:-1])}")
@@ -460,7 +463,8 @@ def run_cases(
             evidence = [*seen, (case, got), *_later(cases, number, learner, total, in_form)]
             if not first_part_agrees(got, want):
                 diagnosis = (diagnose(mistakes, evidence, case, first_part_agrees)
-                             or diagnose(mistakes, evidence[:len(seen) + 1], case, first_part_agrees))
+                             or diagnose(mistakes, evidence[:len(seen) + 1], case,
+                                         first_part_agrees))
                 problem = f"{diagnosis} ({problem})" if diagnosis else problem
             case.where = where
         if problem is None and case.repeat:
@@ -522,8 +526,8 @@ def structure_problem(parts: Sequence[str], got: Any, want: Any,
     for name, a in zip(parts, got_t):
         if not isinstance(a, Tensor):
             return f"the {name} must be a torch.Tensor; yours is a {type(a).__name__}"
-    if len(want_t) == 2 and got_t[0].shape == want_t[1].shape and got_t[1].shape == want_t[0].shape \
-            and want_t[0].shape != want_t[1].shape:
+    if (len(want_t) == 2 and got_t[0].shape == want_t[1].shape
+            and got_t[1].shape == want_t[0].shape and want_t[0].shape != want_t[1].shape):
         return f"return ({parts[0]}, {parts[1]}) in this order; yours are the other way round"
     for name, a, b in zip(parts, got_t, want_t):
         if a.shape != b.shape:
@@ -556,12 +560,13 @@ def randomize(module: nn.Module, g: torch.Generator) -> nn.Module:
     return module
 
 
-def build_module(check: str, cls: Any, case: Case, reference: nn.Module, names_hint: str) -> nn.Module:
+def build_module(check: str, cls: Any, case: Case, reference: nn.Module,
+                 names_hint: str) -> nn.Module:
     """Instantiate the learner's class and load the reference's (random) parameters into it."""
     where = case.where
     args, kwargs = case.init_args()
-    module = call_learner(check, f"building {getattr(cls, '__name__', cls)}({format_kwargs(case.init)}) for "
-                   f"{where}", cls, *args, **kwargs)
+    module = call_learner(check, f"building {getattr(cls, '__name__', cls)}"
+                                 f"({format_kwargs(case.init)}) for {where}", cls, *args, **kwargs)
     if not isinstance(module, nn.Module):
         raise AssertionError(f"{check}: your class must be an nn.Module (class ...(nn.Module)); "
                              f"calling it gave a {type(module).__name__}")

@@ -122,7 +122,8 @@ def dropout_kind(got: Tensor, plain: Tensor, p: float, *, rows: bool, live: floa
     """Classify ``got`` (computed with dropout of probability ``p``) against ``plain`` (the same
     without dropout); ``rows``: they are attention weights, whose rows sum to 1 without dropout.
     Only the entries with ``|plain| > live`` are counted; an entry ``|got| <= zero`` is dropped."""
-    if not isinstance(got, Tensor) or got.shape != plain.shape or not bool(torch.isfinite(got).all()):
+    if (not isinstance(got, Tensor) or got.shape != plain.shape
+            or not bool(torch.isfinite(got).all())):
         return Dropped("other")
     got, plain = got.detach().double(), plain.detach().double()
     if close(got, plain):
@@ -174,8 +175,10 @@ def _rate_kind(share: float, scale: float, n: int, p: float) -> str:
 def column_dropout_kind(got: Tensor, plain: Tensor, p: float, *, live: float = 1e-3) -> Dropped:
     """``got`` against the weights ``plain`` (..., T, S) when whole columns (keys) are dropped
     together, as dropout on the values ``[I | V]`` shows in ``output[..., :S]``: ``"values"`` if
-    every key's column is 0 or one multiple of its weights, at a dropout's rate, else ``"other"``."""
-    if not isinstance(got, Tensor) or got.shape != plain.shape or not bool(torch.isfinite(got).all()):
+    every key's column is 0 or one multiple of its weights, at a dropout's rate, else
+    ``"other"``."""
+    if (not isinstance(got, Tensor) or got.shape != plain.shape
+            or not bool(torch.isfinite(got).all())):
         return Dropped("other")
     got, plain = got.detach().double(), plain.detach().double()
     norm = (plain * plain).sum(-2)  # (..., S)
@@ -272,7 +275,8 @@ def _dropout_p(case: Case) -> float:
 
 
 def _attention_profile(case: Case, out: Tensor, weights: Tensor) -> DropoutProfile:
-    """Profile of an attention's ``(out, weights)`` on a dropout case, whose value is ``[I | V]``."""
+    """Profile of an attention's ``(out, weights)`` on a dropout case, whose value is
+    ``[I | V]``."""
     p = _dropout_p(case)
     plain_out, plain = case.state["plain"]
     S = plain.size(-1)
@@ -410,8 +414,9 @@ def _attention_mistakes() -> list[Mistake]:
         Mistake("the scores are scaled with the values' width d_v = value.size(-1); the scale uses "
                 "the width that queries and keys share, d_k = query.size(-1)",
                 var(scale=lambda q, k, v: 1.0 / math.sqrt(v.size(-1)))),
-        Mistake("the scores are scaled with the number of queries (query.size(-2)); d_k is the last "
-                "axis, query.size(-1)", var(scale=lambda q, k, v: 1.0 / math.sqrt(q.size(-2)))),
+        Mistake("the scores are scaled with the number of queries (query.size(-2)); "
+                "d_k is the last axis, query.size(-1)",
+                var(scale=lambda q, k, v: 1.0 / math.sqrt(q.size(-2)))),
         Mistake("the scores are scaled with the number of keys (key.size(-2)); d_k is the last "
                 "axis, query.size(-1)", var(scale=lambda q, k, v: 1.0 / math.sqrt(k.size(-2)))),
         Mistake("the weights are divided by sqrt(d_k) after the softmax, so they no longer sum to "
@@ -437,22 +442,25 @@ def _attention_mistakes() -> list[Mistake]:
         Mistake(INVERTED, var(invert=True)),
         Mistake(INVERTED, var(invert=True, fill="-inf", zero_empty=False)),
         Mistake(INVERTED, var(invert=True, fill="-1e9", zero_empty=False)),
-        Mistake("the hidden keys' scores are set to 0 (scores * mask, or masked_fill with 0), and a "
-                "score of 0 still gets weight after the softmax: fill them with a very negative "
-                "number, torch.finfo(scores.dtype).min", var(fill="zero", zero_empty=False)),
-        Mistake("the hidden keys' scores are set to 0 (scores * mask, or masked_fill with 0), and a "
-                "score of 0 still gets weight after the softmax: fill them with a very negative "
-                "number, torch.finfo(scores.dtype).min", var(fill="zero")),
+        Mistake("the hidden keys' scores are set to 0 (scores * mask, "
+                "or masked_fill with 0), and a score of 0 still gets weight after the softmax: "
+                "fill them with a very negative number, torch.finfo(scores.dtype).min",
+                var(fill="zero", zero_empty=False)),
+        Mistake("the hidden keys' scores are set to 0 (scores * mask, "
+                "or masked_fill with 0), and a score of 0 still gets weight after the softmax: "
+                "fill them with a very negative number, torch.finfo(scores.dtype).min",
+                var(fill="zero")),
         Mistake("the mask is added to the scores: a bool mask adds 1 where it is True, which hides "
                 "nothing; fill the hidden scores instead, scores.masked_fill(~mask, "
                 "torch.finfo(scores.dtype).min)", var(mask_added=True, zero_empty=False)),
         Mistake("the mask is added to the scores: a bool mask adds 1 where it is True, which hides "
                 "nothing; fill the hidden scores instead, scores.masked_fill(~mask, "
                 "torch.finfo(scores.dtype).min)", var(mask_added=True)),
-        Mistake("a query that may attend to nothing gives NaN: with -inf in every score of its row, "
-                "the softmax computes 0/0. Fill with a large finite negative number "
-                "(torch.finfo(scores.dtype).min) and set the weights of such rows to zero "
-                "(mask.any(dim=-1, keepdim=True) tells which rows have a visible key)",
+        Mistake("a query that may attend to nothing gives NaN: "
+                "with -inf in every score of its row, the softmax computes 0/0. Fill with a large "
+                "finite negative number (torch.finfo(scores.dtype).min) and set the weights of "
+                "such rows to zero (mask.any(dim=-1, keepdim=True) tells which "
+                "rows have a visible key)",
                 var(fill="-inf", zero_empty=False)),
         Mistake("a query that may attend to nothing gets a uniform average of all values instead "
                 "of zeros: after the softmax, zero the weights of rows with no visible key "
@@ -462,7 +470,8 @@ def _attention_mistakes() -> list[Mistake]:
                 "1: mask the scores before the softmax", var(mask_after=True)),
         Mistake("the output averages the keys; it should average the values: output = weights @ "
                 "value", lambda case: (var()(case) if _dropout_p(case) > 0
-                                       else attention_math(*_qkv(case), values=case.inputs["key"]))),
+                                       else attention_math(*_qkv(case),
+                                                           values=case.inputs["key"]))),
     ]
 
 
@@ -472,7 +481,8 @@ def _dropout_mistakes(profiles: Sequence[tuple[str, DropoutProfile]],
     ``plain(case)`` gives (the right answer: the mistake does not show without dropout)."""
 
     def output(profile: DropoutProfile) -> Callable[[Case], Any]:
-        return lambda case: profile if _dropout_p(case) > 0 or "training" in case.state else plain(case)
+        return (lambda case: profile if _dropout_p(case) > 0
+                or "training" in case.state else plain(case))
 
     return [Mistake(message, output(profile)) for message, profile in profiles]
 
@@ -486,8 +496,9 @@ def _attention_dropout_mistakes() -> list[Mistake]:
 
     P = DropoutProfile
     return _dropout_mistakes([
-        ("dropout_p is ignored: with dropout_p > 0, apply dropout to the weights after the softmax, "
-         "F.dropout(weights, p=dropout_p), and compute the output from the dropped weights",
+        ("dropout_p is ignored: with dropout_p > 0, apply dropout to the weights after "
+         "the softmax, F.dropout(weights, p=dropout_p), and compute the output from the "
+         "dropped weights",
          P("none", "none", True)),
         ("the output is computed from the weights after dropout, but the weights returned are "
          "those before it: return the dropped weights, the ones that made the output",
@@ -536,8 +547,9 @@ def _attention_hints(got: Any, want: Any, case: Case) -> str | None:
     if mask is not None:
         hidden = ~mask.expand_as(weights)
         if (weights[hidden].abs() > 1e-6).any():
-            return ("your weights are not zero on masked keys (where the mask is False): fill those "
-                    "scores with a large negative number before the softmax")
+            return ("your weights are not zero on masked keys "
+                    "(where the mask is False): fill those scores with a large negative number "
+                    "before the softmax")
     visible = want_weights.sum(-1) > 0.5
     if not torch.allclose(weights.sum(-1)[visible], torch.ones_like(weights.sum(-1)[visible]),
                           atol=1e-4):
@@ -552,9 +564,9 @@ def _weights_shape(got: Any, want: Any) -> str | None:
     if isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(got[1], Tensor):
         weights, expected = got[1], want[1]
         if weights.shape == expected.transpose(-2, -1).shape != expected.shape:
-            return (f"the weights have shape {tuple(weights.shape)}, i.e. (..., S, T); they should be "
-                    f"(..., T, S) = {tuple(expected.shape)}: one row per query, scores = "
-                    f"query @ key.transpose(-2, -1)")
+            return (f"the weights have shape {tuple(weights.shape)}, i.e. (..., S, T); "
+                    f"they should be (..., T, S) = {tuple(expected.shape)}: "
+                    f"one row per query, scores = query @ key.transpose(-2, -1)")
     return None
 
 
@@ -590,7 +602,8 @@ def check_attention(fn: Callable[..., Any], *, seed: int = 0) -> None:
                       structure=lambda got, want, case: _weights_shape(got, want) or
                       structure_problem(("output", "weights"), got, want),
                       hints=_attention_hints, total=len(cases))
-    count += run_dropout_cases(check, dropped, lambda case: _attention_case_profile(fn, case, check),
+    count += run_dropout_cases(check, dropped,
+                               lambda case: _attention_case_profile(fn, case, check),
                                lambda case: RIGHT_DROPOUT, _attention_dropout_mistakes(),
                                _explain_attention_dropout, first=len(plain) + 1, total=len(cases))
     passed(check, count)
@@ -706,7 +719,8 @@ def _padding_cases(g: torch.Generator) -> list[Case]:
              {"tokens": pad3, "pad_id": 3}),
         Case("padding at the start, pad_id=2 (0 and 1 are ordinary tokens)",
              {"tokens": left, "pad_id": 2}),
-        Case("no padding at all", {"tokens": torch.randint(1, 9, (2, 4), generator=g), "pad_id": 0}),
+        Case("no padding at all",
+             {"tokens": torch.randint(1, 9, (2, 4), generator=g), "pad_id": 0}),
     ]
 
 
@@ -772,5 +786,6 @@ def check_padding_mask(fn: Callable[..., Any], *, seed: int = 0) -> None:
 
 register(Spec(check="check_padding_mask",
               cases=lambda: _padding_cases(torch.Generator().manual_seed(0)),
-              reference=lambda case: (case.inputs["tokens"] != case.inputs["pad_id"])[:, None, None],
+              reference=lambda case: (case.inputs["tokens"]
+                                      != case.inputs["pad_id"])[:, None, None],
               package=lambda case: padding_mask(**case.inputs), mistakes=_padding_mistakes))

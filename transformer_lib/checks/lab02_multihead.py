@@ -72,15 +72,15 @@ def _split_mistakes() -> list[Mistake]:
         return lambda case: make(case.inputs["x"], *_split_shape(case))
 
     return [
-        Mistake("the heads are split without a transpose: view(B, H, T, Dh) has the right shape but "
-                "cuts the sequence into pieces instead of cutting each position's features; use "
-                "view(B, T, H, Dh).transpose(1, 2)",
+        Mistake("the heads are split without a transpose: view(B, H, T, Dh) has the "
+                "right shape but cuts the sequence into pieces instead of cutting each position's "
+                "features; use view(B, T, H, Dh).transpose(1, 2)",
                 var(lambda x, B, T, H, Dh: x.reshape(B, H, T, Dh))),
         Mistake("each head must get a contiguous block of Dh features (head h: features h * Dh to "
                 "(h + 1) * Dh - 1); view(B, T, Dh, H) interleaves them: use view(B, T, H, Dh)",
                 var(lambda x, B, T, H, Dh: x.reshape(B, T, Dh, H).permute(0, 3, 1, 2))),
-        Mistake("the transpose comes before the reshape: x.transpose(1, 2) is (B, D, T), and cutting "
-                "that into (B, H, T, Dh) mixes positions and features; reshape first, "
+        Mistake("the transpose comes before the reshape: x.transpose(1, 2) is (B, D, T), "
+                "and cutting that into (B, H, T, Dh) mixes positions and features; reshape first, "
                 "view(B, T, H, Dh), then .transpose(1, 2)",
                 var(lambda x, B, T, H, Dh: x.transpose(1, 2).reshape(B, H, T, Dh))),
     ]
@@ -92,9 +92,10 @@ def _split_structure(got: Any, want: Tensor, case: Case) -> str | None:
         return (f"the result has shape (B, T, H, Dh) = {(B, T, H, Dh)}: the heads axis must come "
                 f"before the positions, (B, H, T, Dh); add .transpose(1, 2)")
     if isinstance(got, Tensor) and got.shape in ((B, Dh, T, H), (B, T, Dh, H)) != want.shape:
-        return (f"the result has shape {tuple(got.shape)}: num_heads and the head size are swapped; "
-                f"H = num_heads heads of Dh = D // num_heads features, view(B, T, H, Dh), then "
-                f".transpose(1, 2) for (B, H, T, Dh) = {(B, H, T, Dh)}")
+        return (f"the result has shape {tuple(got.shape)}: "
+                "num_heads and the head size are swapped; "
+                "H = num_heads heads of Dh = D // num_heads features, view(B, T, H, Dh), "
+                f"then .transpose(1, 2) for (B, H, T, Dh) = {(B, H, T, Dh)}")
     if isinstance(got, Tensor) and got.shape == (B, H, Dh, T) != want.shape:
         return (f"the result has shape (B, H, Dh, T) = {(B, H, Dh, T)}: the last two axes are "
                 f"swapped; after view(B, T, H, Dh), swap only the positions and the heads, "
@@ -118,7 +119,8 @@ def check_split_heads(fn: Callable[..., Any], *, seed: int = 0) -> None:
     passed(check, count)
 
 
-register(Spec(check="check_split_heads", cases=lambda: _split_cases(torch.Generator().manual_seed(0)),
+register(Spec(check="check_split_heads",
+              cases=lambda: _split_cases(torch.Generator().manual_seed(0)),
               reference=_split_reference,
               package=lambda case: split_heads(**case.inputs),
               mistakes=_split_mistakes))
@@ -272,7 +274,8 @@ def _mha_mistakes() -> list[Mistake]:
         Mistake(interleaved, var(split="interleave")),
         Mistake(interleaved, var(split="interleave", merge="interleave")),
         Mistake("the heads are merged without transposing back: (B, H, T, Dh) must become "
-                "(B, T, H, Dh) before the reshape to (B, T, D): heads.transpose(1, 2).reshape(B, T, D)",
+                "(B, T, H, Dh) before the reshape to (B, T, D): "
+                "heads.transpose(1, 2).reshape(B, T, D)",
                 var(merge="no transpose")),
         Mistake("the heads are merged with their features interleaved: head h's output must stay "
                 "the block of features h * Dh to (h + 1) * Dh - 1 of the merged vector; "
@@ -457,7 +460,8 @@ def _mha_case_profile(run: Callable[[bool], Any], case: Case, check: str = "") -
     where = case.where
     if isinstance(fused, (tuple, list)):
         raise AssertionError(f"{check}: without need_weights=True, forward must return only the "
-                             f"output tensor; yours returned a {type(fused).__name__}\n  in {where}")
+                             f"output tensor; yours returned a {type(fused).__name__}\n"
+                             f"  in {where}")
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise AssertionError(f"{check}: with need_weights=True, forward must return (output, "
                              f"weights); yours returned a {type(pair).__name__}\n  in {where}")
@@ -651,7 +655,8 @@ def _check_divisible(check: str, cls: Any, where: str) -> None:
         f"ValueError(...)\n  in {where} (d_model=10, num_heads=4)")
 
 
-register(Spec(check="check_merge_heads", cases=lambda: _merge_cases(torch.Generator().manual_seed(0)),
+register(Spec(check="check_merge_heads",
+              cases=lambda: _merge_cases(torch.Generator().manual_seed(0)),
               reference=_merge_reference,
               package=lambda case: merge_heads(**case.inputs),
               mistakes=_merge_mistakes))

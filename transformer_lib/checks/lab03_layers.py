@@ -152,8 +152,8 @@ def _dropout_hint(check: str, learner: Callable[[Case], Any], what: str
         if wrong:
             rates = " and ".join(f"p={r:g}" for r in wrong)
             return (f"in training mode, dropout is applied with {rates}, but {what} was built with "
-                    f"dropout={p:g}: every dropout in it uses that rate (nn.Dropout(dropout), not a "
-                    f"fixed number or nn.Dropout()'s default 0.5)")
+                    f"dropout={p:g}: every dropout in it uses that rate "
+                    f"(nn.Dropout(dropout), not a fixed number or nn.Dropout()'s default 0.5)")
         again = learner(case)
         if not same(got, again):
             return ("in training mode your output changes from one call to the next, although the "
@@ -180,7 +180,8 @@ def _memo(output: Callable[[Case], Any]) -> Callable[[Case], Any]:
 
 
 def _quietly(build: Callable[[], list[Case]]) -> Callable[[], list[Case]]:
-    """A Spec's ``cases``: built as the check builds them, leaving the caller's random state alone."""
+    """A Spec's ``cases``: built as the check builds them, leaving the caller's random state
+    alone."""
 
     def cases() -> list[Case]:
         with torch.random.fork_rng(devices=[]):
@@ -335,7 +336,8 @@ def _ffn_mistakes() -> list[Mistake]:
         ("activation='gelu' is the exact GELU, F.gelu(x) (or nn.GELU()); yours is its tanh "
          "approximation", {"activation": _GELU_TANH}),
         (f"the feed-forward network adds its input x to its output: FFN(x) = {_FFN_FORMULA} has no "
-         f"residual connection (the layer adds it, around the whole sub-layer)", {"residual": True}),
+         f"residual connection (the layer adds it, around the whole sub-layer)",
+         {"residual": True}),
         (f"in training mode no dropout acts in your feed-forward network: build self.dropout = "
          f"nn.Dropout(dropout) and apply it after the activation, {_FFN_FORMULA}",
          {"dropout": "none"}),
@@ -505,7 +507,8 @@ def _sublayer_wirings() -> list[tuple[Any, _WiringFor]]:
                          _only(where, lambda nf: replace(_right(nf), residual="none"))))
     variants += [(message, wiring) for _, message, wiring in _norm_wirings()]
     variants.append((f"the input x is added twice (x + norm(x + ...), or 2x + ...): the residual "
-                     f"connection adds it once: {_BOTH}", lambda nf: replace(_right(nf), double=True)))
+                     f"connection adds it once: {_BOTH}",
+                     lambda nf: replace(_right(nf), double=True)))
     for mode, message in _DROPOUT_MODES.items():
         for where in ("both", "pre", "post"):
             variants.append((_IN[where] + message,
@@ -578,7 +581,8 @@ def check_sublayer_connection(fn: Callable[..., Any], *, seed: int = 0) -> None:
         wrong = sorted({r for r in case.state.get("rates", []) if abs(r - p) > 1e-9 and r > 0})
         if wrong:
             return (f"dropout is applied with p={wrong[0]:g}, but the dropout module you are given "
-                    f"has p={p:g}: apply that module, dropout(...), rather than a dropout of your own")
+                    f"has p={p:g}: apply that module, dropout(...), "
+                    "rather than a dropout of your own")
         return None
 
     count = run_cases(check, _sublayer_cases(seed), learner, _sublayer_output,
@@ -757,8 +761,8 @@ def _norm_assignment_message(norms: tuple[int, ...], decoder: bool) -> str:
         uses = ", ".join(f"{s} uses norm{k + 1}" for s, k in zip(subs, norms))
         return f"the norms are used in the wrong order ({uses}): {right}"
     if len(set(norms)) == 1:
-        return (f"the same norm (norm{norms[0] + 1}) is used for every sub-layer: each has its own, "
-                f"{right}")
+        return (f"the same norm (norm{norms[0] + 1}) is used for every sub-layer: "
+                f"each has its own, {right}")
     shared = [k for k in set(norms) if norms.count(k) > 1][0]
     users = " and ".join(s for s, k in zip(subs, norms) if k == shared)
     return f"norm{shared + 1} is used for both {users}: each sub-layer has its own norm, {right}"
@@ -847,7 +851,8 @@ def _layer_bugs(decoder: bool) -> list[tuple[Any, _LayerBug]]:
         else:
             bugs.append((f"in every sub-layer, {message}", _LayerBug(wiring=kind)))
         for i, s in enumerate(subs):
-            bugs.append((f"in the {s} sub-layer, {message}", _LayerBug(wiring=kind, wiring_at=(i,))))
+            bugs.append((f"in the {s} sub-layer, {message}",
+                         _LayerBug(wiring=kind, wiring_at=(i,))))
     # the norms of the sub-layers mixed up or shared
     for norms in itertools.product(range(n), repeat=n):
         if norms != tuple(range(n)):
@@ -863,7 +868,8 @@ def _layer_bugs(decoder: bool) -> list[tuple[Any, _LayerBug]]:
             ("the masks are swapped: self_mask belongs to the self-attention, memory_mask to the "
              "cross-attention", _LayerBug(masks="swap")),
             ("the self-attention mask is applied to the cross-attention too: cross-attention "
-             "takes memory_mask (the source has no future to hide)", _LayerBug(masks="self_in_cross")),
+             "takes memory_mask (the source has no future to hide)",
+             _LayerBug(masks="self_in_cross")),
             ("self_mask is inverted: True means 'may attend'", _LayerBug(masks="invert")),
             ("memory_mask is inverted: True means 'may attend'", _LayerBug(masks="invert_memory")),
             ("the layer builds its own causal mask and ignores self_mask: pass self_mask to the "
@@ -970,7 +976,8 @@ def _encoder_cases(seed: int = 0) -> list[Case]:
     cases = [
         case("post-LN (norm_first=False), no mask", _layer_init(16, 4, 32, False)),
         case("pre-LN (norm_first=True), no mask", _layer_init(16, 4, 32, True)),
-        case("post-LN, padding mask (B, 1, 1, S)", _layer_init(16, 4, 32, False), B=3, mask=padding),
+        case("post-LN, padding mask (B, 1, 1, S)", _layer_init(16, 4, 32, False), B=3,
+             mask=padding),
         case("pre-LN, padding mask (B, 1, 1, S)", _layer_init(16, 4, 32, True), B=3, mask=padding),
         case("post-LN, activation='gelu'", _layer_init(16, 2, 24, False, "gelu")),
         case("pre-LN, layer_norm_eps=0.1", _layer_init(16, 4, 32, True, eps=0.1)),

@@ -131,7 +131,8 @@ def _mistake(message: str | Callable[[Case], str], output: Callable[[Case], Any]
 def _same_seqs(got: Any, want: Any) -> bool:
     """Two lists of 1-d tensors of token ids hold the same sequences (``want`` may be None: a
     mistake whose output could not be computed)."""
-    if not isinstance(got, (list, tuple)) or not isinstance(want, (list, tuple)) or len(got) != len(want):
+    if (not isinstance(got, (list, tuple)) or not isinstance(want, (list, tuple))
+            or len(got) != len(want)):
         return False
     return all(isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
                and bool((a.long() == b.long()).all()) for a, b in zip(got, want))
@@ -160,8 +161,10 @@ def _decoded_form(got: Any, want: Sequence[Tensor]) -> str | None:
             return (f"each sequence must be a 1-d torch.Tensor of token ids; sequence {i} is a "
                     f"{type(seq).__name__}{fix}")
         if seq.dim() != 1:
-            fix = " (drop the extra axis: .squeeze(0) or .view(-1))" if seq.numel() in seq.shape else ""
-            return f"each sequence must be 1-d, (length,); sequence {i} has shape {tuple(seq.shape)}{fix}"
+            fix = (" (drop the extra axis: .squeeze(0) or .view(-1))" if seq.numel() in seq.shape
+                   else "")
+            return ("each sequence must be 1-d, (length,); "
+                    f"sequence {i} has shape {tuple(seq.shape)}{fix}")
         if seq.is_floating_point() or seq.dtype == torch.bool:
             return (f"token ids are integers (torch.long); sequence {i} has dtype {seq.dtype} "
                     f"(are these scores or probabilities?)")
@@ -179,7 +182,8 @@ def _seq_log_prob(model: nn.Module, src: Tensor, tokens: Tensor, src_mask: Tenso
     if tokens.numel() < 2:
         return None
     try:
-        mask = None if src_mask is None else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1]
+        mask = (None if src_mask is None
+                else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         return float(sequence_log_prob(model, src[b:b + 1], tokens[None].long(), mask))
     except Exception:
         return None
@@ -497,7 +501,8 @@ class _LogProbBug:
 
 
 # shift -> (decoder input, scored positions, scored tokens) as functions of tgt (B, T)
-_LOG_PROB_SHIFTS: dict[str, tuple[Callable[[Tensor], Tensor], slice, Callable[[Tensor], Tensor]]] = {
+_LOG_PROB_SHIFTS: dict[str, tuple[Callable[[Tensor], Tensor], slice,
+                                   Callable[[Tensor], Tensor]]] = {
     "ok": (lambda t: t[:, :-1], slice(None), lambda t: t[:, 1:]),
     "none": (lambda t: t, slice(None), lambda t: t),  # each position scores its own token
     "same": (lambda t: t[:, :-1], slice(None), lambda t: t[:, :-1]),
@@ -652,7 +657,8 @@ register(Spec(check="check_sequence_log_prob",
 # --- one beam step: the best candidates of each source ---
 
 
-def _top_candidates(log_probs: Tensor, next_log_probs: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+def _top_candidates(log_probs: Tensor, next_log_probs: Tensor,
+                    n: int) -> tuple[Tensor, Tensor, Tensor]:
     B, k, V = next_log_probs.shape
     scores = (log_probs[:, :, None] + next_log_probs).reshape(B, k * V)  # (B, k, V) -> (B, k * V)
     top, index = scores.topk(n, dim=-1)  # (B, n), best first
@@ -673,7 +679,8 @@ def _top_mistakes() -> list[Mistake]:
     def ranked_by_last(case: Case) -> tuple[Tensor, Tensor, Tensor]:
         lp, nlp, n = _top_inputs(case)
         _, beams, tokens = last_only(case)
-        return lp.gather(1, beams) + nlp[torch.arange(nlp.size(0))[:, None], beams, tokens], beams, tokens
+        return (lp.gather(1, beams) + nlp[torch.arange(nlp.size(0))[:, None], beams, tokens],
+                beams, tokens)
 
     def whole_batch(case: Case) -> tuple[Tensor, Tensor, Tensor]:
         lp, nlp, n = _top_inputs(case)
@@ -754,8 +761,8 @@ def _top_cases(g: torch.Generator) -> list[Case]:
         if dead:
             log_probs[:, k - dead:] = -math.inf
         next_log_probs = F.log_softmax(randn(g, B, k, V, std=2.0), dim=-1)
-        return Case(name, {"log_probs": log_probs.to(dtype), "next_log_probs": next_log_probs.to(dtype),
-                           "n": n}, positional=3)
+        return Case(name, {"log_probs": log_probs.to(dtype),
+                           "next_log_probs": next_log_probs.to(dtype), "n": n}, positional=3)
 
     return [
         case("B=2 sources, k=3 hypotheses each, V=5, n=3", 2, 3, 5, 3),
@@ -800,7 +807,8 @@ def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
             if close(beams, want[2]) and close(tokens, want[1]) and not close(beams, want[1]):
                 return ("return (scores, beams, tokens) in this order: yours returns the tokens "
                         "where the beams go, and the beams where the tokens go")
-            if bool(((beams < 0) | (beams >= k)).any()) or bool(((tokens < 0) | (tokens >= V)).any()):
+            if (bool(((beams < 0) | (beams >= k)).any())
+                    or bool(((tokens < 0) | (tokens >= V)).any())):
                 return (f"beams must be in [0, k) = [0, {k}) and tokens in [0, V) = [0, {V}): "
                         f"split the flat index into beam = index // V and token = index % V")
         return problem
@@ -812,7 +820,8 @@ def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
         candidates = (lp[:, :, None] + nlp).reshape(B, k * V)
         for b in range(B):
             for value in scores[b].tolist():
-                if not bool(torch.isclose(candidates[b], torch.tensor(value, dtype=candidates.dtype),
+                if not bool(torch.isclose(candidates[b],
+                                          torch.tensor(value, dtype=candidates.dtype),
                                           atol=1e-5).any()):
                     return (f"source {b} got a score that is not the total of any of its own "
                             f"candidates, log_probs[b, j] + next_log_probs[b, j, v]: return the "
@@ -830,7 +839,8 @@ def check_top_candidates(fn: Callable[..., Any], *, seed: int = 0) -> None:
     passed(check, count)
 
 
-register(Spec(check="check_top_candidates", cases=lambda: _top_cases(torch.Generator().manual_seed(0)),
+register(Spec(check="check_top_candidates",
+              cases=lambda: _top_cases(torch.Generator().manual_seed(0)),
               reference=lambda case: _top_candidates(**case.inputs),
               package=lambda case: _top_candidates(**case.inputs), mistakes=_top_mistakes))
 
@@ -1022,7 +1032,8 @@ def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
     def both(message: str, **switches: Any) -> list[Mistake]:
         """A mistake in code that reorders memory and src_mask with the hypotheses (as chapter
         6's cache must be), and in code that leaves them be."""
-        return [_mistake(message, var(**switches)), _mistake(message, var(**switches, reorder_memory=True))]
+        return [_mistake(message, var(**switches)),
+                _mistake(message, var(**switches, reorder_memory=True))]
 
     def greedy(case: Case) -> list[Tensor]:
         i = case.inputs
@@ -1162,8 +1173,8 @@ def _beam_cases(g: torch.Generator, penalty: bool = True) -> list[Case]:
              table_sources(late, "A", "D", "J"), 5, 2),
         case("a table model, beam_size=1 (greedy decoding)", eos_second,
              table_sources(eos_second, "A"), 5, 1),
-        case("a table model, answers of different lengths", lengths, table_sources(lengths, "A", "D"),
-             5, 2),
+        case("a table model, answers of different lengths", lengths,
+             table_sources(lengths, "A", "D"), 5, 2),
         case("a random post-LN Transformer, 3 padded sources", post_ln, src_t, 6, 3, mask_t),
         case("a random pre-LN Transformer, 2 padded sources, beam_size=1", pre_ln, src_u, 5, 1,
              mask_u),
@@ -1215,11 +1226,13 @@ def check_beam_search(fn: Callable[..., Any], *, seed: int = 0) -> None:
     penalty = _takes_length_alpha(fn)
     cases = _beam_cases(torch.Generator().manual_seed(seed), penalty)
     count = _run_decoder(check, fn, cases, _beam_package, _beam_mistakes(penalty), beam=True)
-    note = "" if penalty else " (your function takes no length_alpha: the length penalty is not checked)"
+    note = ("" if penalty
+            else " (your function takes no length_alpha: the length penalty is not checked)")
     print(f"{check}: all {count} cases pass{note}")
 
 
-register(Spec(check="check_beam_search", cases=lambda: _beam_cases(torch.Generator().manual_seed(0)),
+register(Spec(check="check_beam_search",
+              cases=lambda: _beam_cases(torch.Generator().manual_seed(0)),
               reference=_one_thread(_beam_reference), package=_one_thread(_beam_package),
               mistakes=_beam_mistakes,
               agree=_same_seqs))

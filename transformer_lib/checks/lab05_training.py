@@ -357,7 +357,8 @@ def _micro_batches(batches: Sequence[tuple[Tensor, Tensor]],
 
 
 def _train_step_math(model: nn.Module, optimizer: torch.optim.Optimizer,
-                     micro_batches: Sequence[tuple[Tensor, Tensor]], dtype: torch.dtype | None = None,
+                     micro_batches: Sequence[tuple[Tensor, Tensor]],
+                     dtype: torch.dtype | None = None,
                      max_norm: float | None = None, *, bug: _StepBug | None = None) -> float:
     """One update by gradient accumulation, with switches for common mistakes."""
     bug = bug or _StepBug()
@@ -681,7 +682,8 @@ def _same_run(got: _StepRun | None, want: _StepRun | None) -> bool:
     return _same_update(got, want) and _same_losses(got, want)
 
 
-def _step_param_diff(got: Tensor, want: Tensor, start: Tensor, model: nn.Module, update: int) -> str:
+def _step_param_diff(got: Tensor, want: Tensor, start: Tensor, model: nn.Module,
+                     update: int) -> str:
     mine, theirs = got - start, want - start
     cos = float(mine @ theirs) / max(float(mine.norm() * theirs.norm()), 1e-30)
     index = int((got - want).abs().argmax())
@@ -758,8 +760,8 @@ def check_train_step(fn: Callable[..., Any], *, seed: int = 0) -> None:
                 dtypes = ", ".join(sorted(str(d) for d in got.weight_dtypes[update]))
                 raise AssertionError(
                     f"{check}: your function changed the weights' dtype to {dtypes} (model.to(...) "
-                    f"or .half()?): keep the weights in float32 and run only the forward pass under "
-                    f"torch.autocast(device_type=x.device.type, dtype=dtype){at}")
+                    "or .half()?): keep the weights in float32 and run only the forward pass "
+                    f"under torch.autocast(device_type=x.device.type, dtype=dtype){at}")
             forward = got.forward_dtypes[update]
             if case.dtype is None and torch.bfloat16 in forward:
                 raise AssertionError(
@@ -1028,7 +1030,8 @@ register(Spec(check="check_lr_schedule", cases=_lr_cases, reference=_lr_referenc
 _RESUME_CASES = (
     # name, model options, save after this step, total steps, seeds (model, data order, resumed)
     ("tied embeddings, saved after step 3 of 6", {}, 3, 6, (11, 12, 13)),
-    ("untied output projection, saved after step 4 of 7", {"tie_output": False}, 4, 7, (21, 22, 23)),
+    ("untied output projection, saved after step 4 of 7", {"tie_output": False}, 4, 7,
+     (21, 22, 23)),
 )
 _RESUME_BATCH = 4
 
@@ -1111,7 +1114,8 @@ def check_resume(save_state: Callable[..., Any], load_state: Callable[..., Any])
             path = str(Path(folder) / "checkpoint")  # a str: os.path.join, Path(path), f-strings
             call_learner(check, f"saving after step {saved_at} in {where}", save_state, path, model,
                   optimizer, saved_at, generator)
-            step = call_learner(check, f"loading the checkpoint saved after step {saved_at} in {where}",
+            step = call_learner(check,
+                                f"loading the checkpoint saved after step {saved_at} in {where}",
                          load_state, path, resumed, resumed_optimizer, resumed_generator)
 
         at = f"\n  in {where}"

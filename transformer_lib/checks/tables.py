@@ -47,7 +47,8 @@ class TableModel(nn.Module):
     that reads another source's memory predicts that source's tokens.
     """
 
-    def __init__(self, names: Sequence[str], tables: dict[str, dict[str, dict[str, float]]]) -> None:
+    def __init__(self, names: Sequence[str],
+                 tables: dict[str, dict[str, dict[str, float]]]) -> None:
         super().__init__()
         self.names = list(names)
         self.ids = {name: i for i, name in enumerate(self.names)}
@@ -79,7 +80,8 @@ class TableModel(nn.Module):
         if key not in self.cache:
             probs = self.distribution(source, prefix)
             if probs is None:
-                logits = -0.1 * torch.tensor([_jitter(source, *prefix, v) for v in range(len(self.names))])
+                logits = -0.1 * torch.tensor([_jitter(source, *prefix, v)
+                                              for v in range(len(self.names))])
             else:
                 logits = self.floor.clone()
                 for v, p in probs.items():
