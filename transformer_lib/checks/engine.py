@@ -79,6 +79,36 @@ def isolated(check: Callable[..., None], *, autograd: bool = False) -> Callable[
     return wrapper
 
 
+def one_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run on one thread, as the checks run (see :func:`isolated`): for a :class:`Spec`'s
+    functions, which the tests call outside a check (the tensors are tiny, and several threads
+    on a busy machine make them many times slower)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def quietly(build: Callable[[], Any]) -> Callable[[], Any]:
+    """A :class:`Spec`'s ``cases``: built as the check builds them, leaving the caller's random
+    state alone."""
+
+    def cases() -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return build()
+
+    return cases
+
+
 # --- how a verdict looks in a notebook ---------------------------------------------------------
 
 

@@ -38,7 +38,9 @@ from transformer_lib.checks.engine import (
     build_module,
     call_learner,
     isolated,
+    one_thread,
     passed,
+    quietly,
     randn,
     randomize,
     register,
@@ -179,40 +181,15 @@ def _memo(output: Callable[[Case], Any]) -> Callable[[Case], Any]:
     return run
 
 
-def _quietly(build: Callable[[], list[Case]]) -> Callable[[], list[Case]]:
-    """A Spec's ``cases``: built as the check builds them, leaving the caller's random state
-    alone."""
-
-    def cases() -> list[Case]:
-        with torch.random.fork_rng(devices=[]):
-            return build()
-
-    return cases
-
-
-def _one_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` on one thread, as in a check (see ``engine.isolated``): for a Spec's functions."""
-
-    def run(*args: Any) -> Any:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args)
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
 def _spec(check: str, cases: Callable[[], list[Case]], reference: Callable[[Case], Any],
           package: Callable[[Case], Any], mistakes: Callable[[], list[Mistake]]) -> None:
     """Register the check's Spec; its mistakes' outputs, too, are computed on one thread."""
 
     def one_thread_mistakes() -> list[Mistake]:
-        return [Mistake(m.message, _one_thread(m.output)) for m in mistakes()]
+        return [Mistake(m.message, one_thread(m.output)) for m in mistakes()]
 
-    register(Spec(check=check, cases=_one_thread(_quietly(cases)), reference=_one_thread(reference),
-                  package=_one_thread(package), mistakes=one_thread_mistakes))
+    register(Spec(check=check, cases=one_thread(quietly(cases)), reference=one_thread(reference),
+                  package=one_thread(package), mistakes=one_thread_mistakes))
 
 
 def _module_runner(check: str, cls: Any, names: str) -> Callable[[Case], Any]:

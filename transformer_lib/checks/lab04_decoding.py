@@ -11,7 +11,6 @@ Transformers.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from transformer_lib.checks.engine import (
     call_learner,
     close,
     isolated,
+    one_thread,
     passed,
     randn,
     register,
@@ -89,30 +89,11 @@ def _decoding_sources(g: torch.Generator, lengths: Sequence[int], S: int | None 
     return src, keep[:, None, None, :]
 
 
-def _one_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` run on one thread, as the checks run (see ``engine.isolated``): the tensors are
-    tiny, and several threads on a busy machine make decoding many times slower. For the
-    tests, which call the references and mistakes outside a check."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        threads = torch.get_num_threads()
-        if threads == 1:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
-
-
 def _memo(output: Callable[[Case], Any]) -> Callable[[Case], Any]:
     """``output`` computed once per case (a diagnosis asks for a mistake's output again)."""
     seen: dict[int, tuple[Case, Any]] = {}
 
-    @_one_thread
+    @one_thread
     def cached(case: Case) -> Any:
         if id(case) not in seen:
             seen[id(case)] = (case, output(case))  # the case is kept, so its id stays its own
@@ -482,7 +463,7 @@ def check_greedy_decode(fn: Callable[..., Any], *, seed: int = 0) -> None:
 
 register(Spec(check="check_greedy_decode",
               cases=lambda: _greedy_cases(torch.Generator().manual_seed(0)),
-              reference=_one_thread(_greedy_reference), package=_one_thread(_greedy_package),
+              reference=one_thread(_greedy_reference), package=one_thread(_greedy_package),
               mistakes=_greedy_mistakes, agree=_same_seqs))
 
 
@@ -649,8 +630,8 @@ def check_sequence_log_prob(fn: Callable[..., Any], *, seed: int = 0) -> None:
 
 register(Spec(check="check_sequence_log_prob",
               cases=lambda: _log_prob_cases(torch.Generator().manual_seed(0)),
-              reference=_one_thread(_log_prob_with(_LogProbBug())),
-              package=_one_thread(lambda case: sequence_log_prob(**case.inputs)),
+              reference=one_thread(_log_prob_with(_LogProbBug())),
+              package=one_thread(lambda case: sequence_log_prob(**case.inputs)),
               mistakes=_log_prob_mistakes))
 
 
@@ -1233,6 +1214,6 @@ def check_beam_search(fn: Callable[..., Any], *, seed: int = 0) -> None:
 
 register(Spec(check="check_beam_search",
               cases=lambda: _beam_cases(torch.Generator().manual_seed(0)),
-              reference=_one_thread(_beam_reference), package=_one_thread(_beam_package),
+              reference=one_thread(_beam_reference), package=one_thread(_beam_package),
               mistakes=_beam_mistakes,
               agree=_same_seqs))

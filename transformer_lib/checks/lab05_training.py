@@ -33,6 +33,7 @@ from transformer_lib.checks.engine import (
     isolated,
     isolated_training,
     passed,
+    quietly,
     randomize,
     register,
 )
@@ -69,17 +70,6 @@ def _diagnosis(mistakes: Sequence[Mistake], evidence: Sequence[tuple[Case, Any]]
     if failed == 0:
         return diagnose(mistakes, evidence, evidence[0][0], agree)
     return diagnose_at(mistakes, evidence, failed, evidence[failed][1], None, agree)
-
-
-def _quietly(build: Callable[[], Any]) -> Callable[[], Any]:
-    """A Spec's ``cases``: built as the check builds them, leaving the caller's random state
-    alone."""
-
-    def cases() -> Any:
-        with torch.random.fork_rng(devices=[]):
-            return build()
-
-    return cases
 
 
 _TINY_GPT = {"vocab_size": 11, "context_length": 8, "d_model": 16, "num_heads": 2, "num_layers": 1}
@@ -806,7 +796,7 @@ def check_train_step(fn: Callable[..., Any], *, seed: int = 0) -> None:
     passed(check, total)
 
 
-register(Spec(check="check_train_step", cases=_quietly(_step_cases), reference=_step_reference,
+register(Spec(check="check_train_step", cases=quietly(_step_cases), reference=_step_reference,
               package=_step_package, mistakes=lambda: [*_step_mistakes(), *_loss_mistakes()],
               agree=_same_run))
 
