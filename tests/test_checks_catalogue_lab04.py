@@ -17,11 +17,11 @@ from transformer_lib import causal_mask, length_penalty
 # --- exercise 1: greedy decoding ------------------------------------------------------------------
 
 
-def greedy_no_padding_no_cut(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_no_padding_no_cut(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
     finished = torch.zeros(src.size(0), dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         out = model.decode(ys, memory, src_mask, causal_mask(ys.size(1)))
         nxt = out[:, -1, :].argmax(dim=-1)
         ys = torch.cat([ys, nxt.unsqueeze(1)], dim=1)  # finished rows keep getting tokens
@@ -31,11 +31,11 @@ def greedy_no_padding_no_cut(model, src, max_len, bos_id, eos_id, src_mask=None)
     return [row for row in ys]
 
 
-def greedy_softmax_over_batch(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_softmax_over_batch(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.shape[0], 1), bos_id)
     done = torch.zeros(src.shape[0], dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         logits = model.decode(tokens, memory, src_mask, causal_mask(tokens.shape[1]))
         probs = torch.softmax(logits[:, -1, :], dim=0)
         next_token = probs.argmax(dim=-1)
@@ -52,12 +52,12 @@ def greedy_softmax_over_batch(model, src, max_len, bos_id, eos_id, src_mask=None
     return result
 
 
-def greedy_log_softmax_over_positions(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_log_softmax_over_positions(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     B = src.size(0)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         log_probs = F.log_softmax(model.decode(tokens, memory, src_mask), dim=1)  # (B, t, V)
         next_token = log_probs[:, -1].argmax(-1)
         next_token = torch.where(done, torch.full_like(next_token, eos_id), next_token)
@@ -73,13 +73,13 @@ def greedy_log_softmax_over_positions(model, src, max_len, bos_id, eos_id, src_m
     return out
 
 
-def greedy_feeds_only_the_last_token(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_feeds_only_the_last_token(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     B = src.size(0)
     generated = torch.full((B, 1), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
     current = generated
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         logits = model.decode(current, memory, src_mask)  # the model "remembers" the rest?
         next_token = logits[:, -1].argmax(-1).masked_fill(done, eos_id)
         generated = torch.cat([generated, next_token[:, None]], dim=1)
@@ -94,12 +94,12 @@ def greedy_feeds_only_the_last_token(model, src, max_len, bos_id, eos_id, src_ma
     return outputs
 
 
-def greedy_mask_only_for_the_encoder(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_mask_only_for_the_encoder(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     B = src.size(0)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         logits = model.decode(tokens, memory, tgt_mask=causal_mask(tokens.size(1)))
         next_token = logits[:, -1].argmax(dim=-1).masked_fill(done, eos_id)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
@@ -110,12 +110,12 @@ def greedy_mask_only_for_the_encoder(model, src, max_len, bos_id, eos_id, src_ma
             for row in tokens]
 
 
-def greedy_without_the_mask(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_without_the_mask(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src)
     seqs = torch.full((len(src), 1), bos_id)
     alive = torch.ones(len(src), dtype=torch.bool)
     step = 0
-    while step < max_len and alive.any():
+    while step < max_new_tokens and alive.any():
         nxt = model.decode(seqs, memory)[:, -1].argmax(-1)
         nxt = torch.where(alive, nxt, torch.full_like(nxt, eos_id))
         seqs = torch.cat((seqs, nxt.view(-1, 1)), 1)
@@ -128,11 +128,11 @@ def greedy_without_the_mask(model, src, max_len, bos_id, eos_id, src_mask=None):
     return result
 
 
-def greedy_first_position(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_first_position(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
     done = torch.zeros(src.size(0), dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         scores = model.decode(tokens, memory, src_mask, causal_mask(tokens.size(1)))
         next_token = torch.max(scores[:, 0, :], dim=1).indices
         next_token[done] = eos_id
@@ -144,11 +144,11 @@ def greedy_first_position(model, src, max_len, bos_id, eos_id, src_mask=None):
             for r in tokens]
 
 
-def greedy_one_step_short(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_one_step_short(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
     done = torch.zeros(src.size(0), dtype=torch.bool)
-    for _ in range(max_len - 1):  # BOS is already one of the max_len tokens
+    for _ in range(max_new_tokens - 1):  # BOS is already one of the max_new_tokens tokens
         logits = model.decode(tokens, memory, src_mask, causal_mask(tokens.size(1)))
         next_token = logits[:, -1].argmax(-1).masked_fill(done, eos_id)
         tokens = torch.cat([tokens, next_token[:, None]], 1)
@@ -162,11 +162,11 @@ def greedy_one_step_short(model, src, max_len, bos_id, eos_id, src_mask=None):
     return out
 
 
-def greedy_pads_with_zeros(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_pads_with_zeros(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
     done = torch.zeros(src.size(0), dtype=torch.bool)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         logits = model.decode(tokens, memory, src_mask, causal_mask(tokens.size(1)))
         next_token = logits[:, -1].argmax(-1)
         next_token[done] = 0  # pad the rows that have finished
@@ -177,10 +177,10 @@ def greedy_pads_with_zeros(model, src, max_len, bos_id, eos_id, src_mask=None):
     return list(tokens)
 
 
-def greedy_argmax_over_the_batch(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_argmax_over_the_batch(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         logits = model.decode(tokens, memory, src_mask, causal_mask(tokens.size(1)))
         next_token = logits[:, -1].argmax(dim=0)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
@@ -211,7 +211,7 @@ WRONG_GREEDY = {
 }
 
 
-def greedy_per_source_while_loop(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_per_source_while_loop(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     answers = []
     for b in range(src.size(0)):
         mask = None if src_mask is None else src_mask[b:b + 1]
@@ -220,16 +220,16 @@ def greedy_per_source_while_loop(model, src, max_len, bos_id, eos_id, src_mask=N
         while True:
             logits = model.decode(torch.tensor([ids]), memory, mask, causal_mask(len(ids)))
             ids.append(logits[0, -1].argmax().item())
-            if ids[-1] == eos_id or len(ids) == max_len + 1:
+            if ids[-1] == eos_id or len(ids) == max_new_tokens + 1:
                 break
         answers.append(torch.tensor(ids))
     return answers
 
 
-def greedy_log_probs_and_list_cut(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_log_probs_and_list_cut(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         log_probs = F.log_softmax(model.decode(tokens, memory, src_mask)[:, -1], dim=-1)
         tokens = torch.cat([tokens, log_probs.argmax(-1, keepdim=True)], dim=1)
         if ((tokens[:, 1:] == eos_id).any(dim=1)).all():  # every row has an EOS somewhere
@@ -511,7 +511,7 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
                       bound_at_current_length=False, finished_not_divided=False):
     """The lab's beam search, typed in by a learner, with the learner's one mistake."""
 
-    def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
+    def beam_search(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
                     length_alpha=0.0):
         B, k = src.size(0), beam_size
         memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)
@@ -524,7 +524,7 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
         log_probs[:, 0] = 0.0
         finished = [[] for _ in range(B)]
         done = [False] * B
-        for t in range(1, max_len + steps + 1):
+        for t in range(1, max_new_tokens + steps + 1):
             logits = model.decode(tokens, memory, src_mask, causal_mask(t))
             last = logits[:, -1] if raw_logits else F.log_softmax(logits[:, -1], dim=-1)
             next_log_probs = last.view(B, k, -1)
@@ -563,7 +563,7 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
                 if not done[b] and finished[b]:
                     best_finished = max(s for s, _ in finished[b])
                     best_live = new_log_probs[b].max().item()
-                    horizon = t if bound_at_current_length else max_len
+                    horizon = t if bound_at_current_length else max_new_tokens
                     done[b] = best_finished >= best_live / length_penalty(horizon, length_alpha)
             if all(done):
                 break
@@ -579,7 +579,7 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
                     if not done[b] and log_probs[b, j] > -math.inf:
                         score = log_probs[b, j].item()
                         if not normalize_each_step:
-                            score /= length_penalty(max_len, length_alpha)
+                            score /= length_penalty(max_new_tokens, length_alpha)
                         finished[b].append((score, tokens[b * k + j]))
         if return_first_row:
             return [tokens[b * k] for b in range(B)]
@@ -591,7 +591,7 @@ def beam_like_the_lab(*, raw_logits=False, tiled_mask=False, steps=0, length_wit
     return beam_search
 
 
-def beam_finished_stay_in_the_beam(model, src, max_len, bos_id, eos_id, beam_size=4,
+def beam_finished_stay_in_the_beam(model, src, max_new_tokens, bos_id, eos_id, beam_size=4,
                                        src_mask=None, length_alpha=0.0):
     """Each source on its own; finished hypotheses stay in the beam, and the answer is its top."""
     answers = []
@@ -600,7 +600,7 @@ def beam_finished_stay_in_the_beam(model, src, max_len, bos_id, eos_id, beam_siz
                 else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         beam = [(0.0, [bos_id])]
-        for _ in range(max_len):
+        for _ in range(max_new_tokens):
             growing = [(s, h) for s, h in beam if h[-1] != eos_id]
             if not growing:
                 break
@@ -644,7 +644,7 @@ WRONG_BEAM = {
 }
 
 
-def beam_per_source_heap(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
+def beam_per_source_heap(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
                          length_alpha=0.0):
     """One source at a time; heapq picks the candidates."""
     results = []
@@ -653,7 +653,7 @@ def beam_per_source_heap(model, src, max_len, bos_id, eos_id, beam_size=4, src_m
                 else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         live, done = [(0.0, [bos_id])], []
-        for t in range(1, max_len + 1):
+        for t in range(1, max_new_tokens + 1):
             batch = torch.tensor([ids for _, ids in live])
             logits = model.decode(batch, memory.expand(len(live), -1, -1), mask, causal_mask(t))
             step = logits[:, -1].log_softmax(-1).tolist()
@@ -671,15 +671,15 @@ def beam_per_source_heap(model, src, max_len, bos_id, eos_id, beam_size=4, src_m
                     new_live.append((score, ids))
             live = new_live
             if (done and max(s for s, _ in done)
-                    >= live[0][0] / length_penalty(max_len, length_alpha)):
+                    >= live[0][0] / length_penalty(max_new_tokens, length_alpha)):
                 break
         else:
-            done += [(lp / length_penalty(max_len, length_alpha), ids) for lp, ids in live]
+            done += [(lp / length_penalty(max_new_tokens, length_alpha), ids) for lp, ids in live]
         results.append(torch.tensor(max(done, key=lambda d: d[0])[1]))
     return results
 
 
-def beam_batched_to_the_end(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
+def beam_batched_to_the_end(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
                             length_alpha=0.0):
     """All sources in one batch, no early stop: finished hypotheses collected per source."""
     B, k = src.size(0), beam_size
@@ -687,7 +687,7 @@ def beam_batched_to_the_end(model, src, max_len, bos_id, eos_id, beam_size=4, sr
     memory = model.encode(src, mask)
     beams = [[(0.0, [bos_id])] for _ in range(B)]
     finished = [[] for _ in range(B)]
-    for t in range(1, max_len + 1):
+    for t in range(1, max_new_tokens + 1):
         owners = [b for b in range(B) for _ in beams[b]]
         if not owners:
             break
@@ -712,7 +712,7 @@ def beam_batched_to_the_end(model, src, max_len, bos_id, eos_id, beam_size=4, sr
                 else:
                     beams[b].append((s, h))
     for b in range(B):
-        finished[b] += [(s / length_penalty(max_len, length_alpha), h) for s, h in beams[b]]
+        finished[b] += [(s / length_penalty(max_new_tokens, length_alpha), h) for s, h in beams[b]]
     return [torch.tensor(max(f, key=lambda pair: pair[0])[1]) for f in finished]
 
 

@@ -177,7 +177,7 @@ def autocast_for(x, dtype):
     return torch.autocast(device_type=x.device.type, dtype=dtype)
 
 
-def step_loss_summed(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_loss_summed(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     total = 0.0
     for x, y in micro_batches:
@@ -185,13 +185,13 @@ def step_loss_summed(model, optimizer, micro_batches, dtype=None, max_norm=None)
             loss = lm_loss(model(x), y)
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total / len(micro_batches)
 
 
-def step_zero_grad_in_the_loop(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_zero_grad_in_the_loop(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     losses = []
     for x, y in micro_batches:
         model.zero_grad()
@@ -199,13 +199,13 @@ def step_zero_grad_in_the_loop(model, optimizer, micro_batches, dtype=None, max_
             loss = lm_loss(model(x), y) / len(micro_batches)
         loss.backward()
         losses.append(loss.item())
-    if max_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return sum(losses)
 
 
-def step_never_zeroes(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_never_zeroes(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     K = len(micro_batches)
     running = 0.0
     for x, y in micro_batches:
@@ -213,43 +213,45 @@ def step_never_zeroes(model, optimizer, micro_batches, dtype=None, max_norm=None
             loss = lm_loss(model(x), y)
         (loss / K).backward()
         running += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return running / K
 
 
-def step_clips_before_the_last_backward(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_clips_before_the_last_backward(model, optimizer, micro_batches, dtype=None,
+                                        max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     total = 0.0
     for i, (x, y) in enumerate(micro_batches):
         with autocast_for(x, dtype):
             loss = lm_loss(model(x), y) / K
-        if i == K - 1 and max_norm is not None:  # the last micro-batch: clip, then step
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if i == K - 1 and max_grad_norm is not None:  # the last micro-batch: clip, then step
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         loss.backward()
         total += loss.item()
     optimizer.step()
     return total
 
 
-def step_clips_before_every_backward(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_clips_before_every_backward(model, optimizer, micro_batches, dtype=None,
+                                     max_grad_norm=None):
     optimizer.zero_grad(set_to_none=True)
     K = len(micro_batches)
     losses = []
     for x, y in micro_batches:
         with autocast_for(x, dtype):
             loss = lm_loss(model(x), y)
-        if max_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         (loss / K).backward()
         losses.append(loss.item())
     optimizer.step()
     return statistics.mean(losses)
 
 
-def step_steps_first(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_steps_first(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.step()
     optimizer.zero_grad()
     K = len(micro_batches)
@@ -259,12 +261,12 @@ def step_steps_first(model, optimizer, micro_batches, dtype=None, max_norm=None)
             loss = lm_loss(model(x), y) / K
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     return total
 
 
-def step_skips_the_first(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_skips_the_first(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     total = 0.0
@@ -273,13 +275,13 @@ def step_skips_the_first(model, optimizer, micro_batches, dtype=None, max_norm=N
             loss = lm_loss(model(x), y) / K
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def step_range_k_minus_one(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_range_k_minus_one(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     K = len(micro_batches)
     optimizer.zero_grad()
     losses = []
@@ -289,13 +291,13 @@ def step_range_k_minus_one(model, optimizer, micro_batches, dtype=None, max_norm
             loss = lm_loss(model(x), y)
         (loss / K).backward()
         losses.append(loss.item())
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return sum(losses) / K
 
 
-def step_first_micro_batch_only(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_first_micro_batch_only(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     x, y = micro_batches[0]
@@ -305,13 +307,13 @@ def step_first_micro_batch_only(model, optimizer, micro_batches, dtype=None, max
             loss = lm_loss(model(x), y) / K
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def step_shifts_the_targets(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_shifts_the_targets(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     total = 0.0
@@ -321,13 +323,14 @@ def step_shifts_the_targets(model, optimizer, micro_batches, dtype=None, max_nor
             loss = lm_loss(logits[:, :-1], y[:, 1:]) / K  # predict the next token
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def step_inputs_and_targets_swapped(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_inputs_and_targets_swapped(model, optimizer, micro_batches, dtype=None,
+                                    max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     total = 0.0
@@ -336,13 +339,13 @@ def step_inputs_and_targets_swapped(model, optimizer, micro_batches, dtype=None,
             loss = lm_loss(model(inputs), targets) / K
         loss.backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def step_divides_by_batch_size(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_divides_by_batch_size(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     losses = []
     for x, y in micro_batches:
@@ -350,13 +353,14 @@ def step_divides_by_batch_size(model, optimizer, micro_batches, dtype=None, max_
             loss = lm_loss(model(x), y)
         (loss / x.size(0)).backward()  # average over the batch
         losses.append(loss.item())
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return sum(losses) / len(losses)
 
 
-def step_scaler_clips_scaled_gradients(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_scaler_clips_scaled_gradients(model, optimizer, micro_batches, dtype=None,
+                                       max_grad_norm=None):
     scaler = torch.amp.GradScaler("cpu")
     optimizer.zero_grad()
     K = len(micro_batches)
@@ -366,14 +370,15 @@ def step_scaler_clips_scaled_gradients(model, optimizer, micro_batches, dtype=No
             loss = lm_loss(model(x), y) / K
         scaler.scale(loss).backward()
         total += loss.item()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     return total
 
 
-def step_scaler_without_scaler_step(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_scaler_without_scaler_step(model, optimizer, micro_batches, dtype=None,
+                                    max_grad_norm=None):
     scaler = torch.amp.GradScaler("cpu")
     optimizer.zero_grad()
     K = len(micro_batches)
@@ -383,34 +388,35 @@ def step_scaler_without_scaler_step(model, optimizer, micro_batches, dtype=None,
             loss = lm_loss(model(x), y) / K
         scaler.scale(loss).backward()
         total += loss.item()
-    if max_norm is not None:
+    if max_grad_norm is not None:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def step_returns_the_last_loss(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_returns_the_last_loss(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     for x, y in micro_batches:
         with autocast_for(x, dtype):
             loss = lm_loss(model(x), y) / len(micro_batches)
         loss.backward()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return loss.item()
 
 
-def step_no_division_and_clip_in_loop(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_no_division_and_clip_in_loop(model, optimizer, micro_batches, dtype=None,
+                                      max_grad_norm=None):
     optimizer.zero_grad()  # two mistakes: the loss is not divided by K, and clipping is in the loop
     total = 0.0
     for x, y in micro_batches:
         with autocast_for(x, dtype):
             loss = lm_loss(model(x), y)
         loss.backward()
-        if max_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         total += loss.item()
     optimizer.step()
     return total / len(micro_batches)
@@ -446,7 +452,7 @@ WRONG_TRAIN_STEP = {
 }
 
 
-def step_grads_divided_afterwards(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_grads_divided_afterwards(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     losses = []
@@ -458,13 +464,13 @@ def step_grads_divided_afterwards(model, optimizer, micro_batches, dtype=None, m
     for p in model.parameters():
         if p.grad is not None:
             p.grad /= K  # the mean of the K gradients
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return torch.stack(losses).mean().item()
 
 
-def step_with_a_grad_scaler(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_with_a_grad_scaler(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     scaler = torch.amp.GradScaler("cpu")
     K = len(micro_batches)
     total = 0.0
@@ -474,15 +480,15 @@ def step_with_a_grad_scaler(model, optimizer, micro_batches, dtype=None, max_nor
         scaler.scale(loss).backward()
         total += loss.item()
     scaler.unscale_(optimizer)
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad()
     return total
 
 
-def step_autograd_backward(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def step_autograd_backward(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     model.zero_grad(set_to_none=True)
     K = len(micro_batches)
     losses = []
@@ -494,10 +500,10 @@ def step_autograd_backward(model, optimizer, micro_batches, dtype=None, max_norm
         loss = lm_loss(out, y)  # outside autocast: lm_loss works in float32 anyway
         torch.autograd.backward(loss / K)
         losses.append(float(loss.detach()))
-    if max_norm:
+    if max_grad_norm:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        factor = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
         for g in grads:
             g.mul_(factor)
     optimizer.step()

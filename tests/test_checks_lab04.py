@@ -26,12 +26,12 @@ def greedy_with(*, stop="all", trim=True, fill_eos=True, position=-1, use_mask=T
                 eos=True, steps=0):
     """A learner-style batched greedy decoder, with one mistake switched on."""
 
-    def greedy_decode(model, src, max_len, bos_id, eos_id, src_mask=None):
+    def greedy_decode(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
         mask = src_mask if use_mask else None
         memory = model.encode(src, mask)
         tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long)
         done = torch.zeros(src.size(0), dtype=torch.bool)
-        for _ in range(max_len + steps):
+        for _ in range(max_new_tokens + steps):
             logits = model.decode(tokens, memory, mask, causal_mask(tokens.size(1)))
             next_token = logits[:, position].argmax(dim=-1)
             if fill_eos:
@@ -52,24 +52,24 @@ def greedy_with(*, stop="all", trim=True, fill_eos=True, position=-1, use_mask=T
     return greedy_decode
 
 
-def greedy_one_row_at_a_time(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_one_row_at_a_time(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     """Correct, written with Python lists: each source on its own."""
     out = []
     for b in range(src.size(0)):
         mask = None if src_mask is None else src_mask[b:b + 1]
         memory = model.encode(src[b:b + 1], mask)
         ids = [bos_id]
-        while len(ids) <= max_len and (len(ids) == 1 or ids[-1] != eos_id):
+        while len(ids) <= max_new_tokens and (len(ids) == 1 or ids[-1] != eos_id):
             logits = model.decode(torch.tensor([ids]), memory, mask)  # decode's default: causal
             ids.append(int(logits[0, -1].argmax()))
         out.append(torch.tensor(ids))
     return out
 
 
-def greedy_single_source_only(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_single_source_only(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.tensor([[bos_id]])
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         next_token = model.decode(tokens, memory, src_mask)[:, -1].argmax(dim=-1)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if next_token.item() == eos_id:  # fine for one source; a batch has B of them
@@ -77,10 +77,10 @@ def greedy_single_source_only(model, src, max_len, bos_id, eos_id, src_mask=None
     return [tokens[0]]
 
 
-def greedy_item_per_batch(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_item_per_batch(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.size(0), 1), bos_id)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         next_token = model.decode(tokens, memory, src_mask)[:, -1].argmax(dim=-1)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if next_token.item() == eos_id:
@@ -88,13 +88,13 @@ def greedy_item_per_batch(model, src, max_len, bos_id, eos_id, src_mask=None):
     return list(tokens)
 
 
-def greedy_returns_a_tensor(model, src, max_len, bos_id, eos_id, src_mask=None):
-    return torch.nn.utils.rnn.pad_sequence(greedy_decode(model, src, max_len, bos_id, eos_id,
+def greedy_returns_a_tensor(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
+    return torch.nn.utils.rnn.pad_sequence(greedy_decode(model, src, max_new_tokens, bos_id, eos_id,
                                                          src_mask),
                                            batch_first=True, padding_value=eos_id)
 
 
-def greedy_stub(model, src, max_len, bos_id, eos_id, src_mask=None):
+def greedy_stub(model, src, max_new_tokens, bos_id, eos_id, src_mask=None):
     raise NotImplementedError("Exercise 1 (Greedy decoding): write your code here")
 
 
@@ -280,7 +280,7 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
             return log_prob * length_penalty(length, alpha)
         return log_prob / lp(length, alpha)
 
-    def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
+    def beam_search(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
                     length_alpha=0.0):
         B, S, k = src.size(0), src.size(1), beam_size
         mask = src_mask.expand(B, 1, 1, S) if src_mask is not None and use_mask else None
@@ -295,7 +295,7 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
         finished = [[] for _ in range(B)]
         done = [False] * B
         last_live = [None] * B
-        for t in range(1, max_len + 1):
+        for t in range(1, max_new_tokens + 1):
             logits = model.decode(tokens, memory_, mask, causal_mask(t))
             next_log_probs = F.log_softmax(logits[:, -1], dim=-1).view(B, k, -1)
             V = next_log_probs.size(-1)
@@ -345,7 +345,8 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
                 best = max(f[0] for f in finished[b])
                 if stop == "first" or (stop == "k" and len(finished[b]) >= k) or \
                         (stop == "raw" and best >= best_live) or \
-                        (stop == "exact" and best >= penalized(best_live, max_len, length_alpha)):
+                        (stop == "exact"
+                         and best >= penalized(best_live, max_new_tokens, length_alpha)):
                     done[b] = True
             if all(done):
                 break
@@ -358,7 +359,7 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
                 if not done[b] and pick != "finished":
                     for j in range(k):
                         if log_probs[b, j] > -math.inf:
-                            finished[b].append((penalized(log_probs[b, j].item(), max_len,
+                            finished[b].append((penalized(log_probs[b, j].item(), max_new_tokens,
                                                           length_alpha),
                                                 tokens[b * k + j].tolist()))
         out = []
@@ -379,7 +380,7 @@ def beam_with(*, start="one", score="total", eos="aside", topk="source", memory=
     return beam_search
 
 
-def beam_search_per_source(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
+def beam_search_per_source(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
                            length_alpha=0.0):
     """Correct, unbatched: one source at a time, hypotheses as (score, ids) pairs."""
     answers = []
@@ -388,7 +389,7 @@ def beam_search_per_source(model, src, max_len, bos_id, eos_id, beam_size=4, src
                 else src_mask.expand(src.size(0), 1, 1, src.size(1))[b:b + 1])
         memory = model.encode(src[b:b + 1], mask)
         beam, finished = [(0.0, [bos_id])], []
-        for t in range(1, max_len + 1):
+        for t in range(1, max_new_tokens + 1):
             ids = torch.tensor([h for _, h in beam])
             logits = model.decode(ids, memory.expand(len(beam), -1, -1), mask)
             step = F.log_softmax(logits[:, -1], dim=-1)
@@ -403,26 +404,28 @@ def beam_search_per_source(model, src, max_len, bos_id, eos_id, beam_size=4, src
                 else:
                     beam.append((s, h))
             if finished and max(f[0] for f in finished) >= \
-                    beam[0][0] / length_penalty(max_len, length_alpha):
+                    beam[0][0] / length_penalty(max_new_tokens, length_alpha):
                 break
         else:
-            finished += [(s / length_penalty(max_len, length_alpha), h) for s, h in beam]
+            finished += [(s / length_penalty(max_new_tokens, length_alpha), h) for s, h in beam]
         answers.append(torch.tensor(max(finished, key=lambda f: f[0])[1]))
     return answers
 
 
-def beam_search_contract_only(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None):
-    return beam_search(model, src, max_len, bos_id, eos_id, beam_size, src_mask)
+def beam_search_contract_only(model, src, max_new_tokens, bos_id, eos_id, beam_size=4,
+                              src_mask=None):
+    return beam_search(model, src, max_new_tokens, bos_id, eos_id, beam_size, src_mask)
 
 
-def beam_search_without_early_stop(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None,
-                                   length_alpha=0.0):
-    """Correct: run to max_len (the stopping rule only saves work)."""
-    return beam_with(stop="never")(model, src, max_len, bos_id, eos_id, beam_size, src_mask,
+def beam_search_without_early_stop(model, src, max_new_tokens, bos_id, eos_id, beam_size=4,
+                                   src_mask=None, length_alpha=0.0):
+    """Correct: run to max_new_tokens (the stopping rule only saves work)."""
+    return beam_with(stop="never")(model, src, max_new_tokens, bos_id, eos_id, beam_size, src_mask,
                                    length_alpha)
 
 
-def beam_stub(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None, length_alpha=0.0):
+def beam_stub(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None,
+              length_alpha=0.0):
     raise NotImplementedError("Exercise 4 (Beam search): write your code here")
 
 
@@ -480,9 +483,9 @@ def test_check_beam_search_without_length_alpha(capsys):
     assert out.startswith("check_beam_search: all 8 cases pass (your function takes no "
                           "length_alpha")
     with pytest.raises(AssertionError, match="all k hypotheses start live"):
-        checks.check_beam_search(lambda model, src, max_len, bos_id, eos_id, beam_size=4,
+        checks.check_beam_search(lambda model, src, n, bos_id, eos_id, beam_size=4,
                                  src_mask=None: beam_with(start="all")(
-                                     model, src, max_len, bos_id, eos_id, beam_size, src_mask))
+                                     model, src, n, bos_id, eos_id, beam_size, src_mask))
 
 
 def test_check_beam_search_stub():

@@ -165,12 +165,12 @@ def train_step_with(*, divide=True, zero="start", step_each="", clip="after", au
                     returns="mean", item=True):
     """A learner-style train_step, with one mistake switched on."""
 
-    def train_step(model, optimizer, micro_batches, dtype=None, max_norm=None):
+    def train_step(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
         K = len(micro_batches)
         if zero == "start":
             optimizer.zero_grad()
-        if clip == "before" and max_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if clip == "before" and max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         losses = []
         for x, y in micro_batches:
             if zero == "each":
@@ -185,20 +185,20 @@ def train_step_with(*, divide=True, zero="start", step_each="", clip="after", au
                 loss = lm_loss(model(x), y)
             losses.append(loss)
             (loss / K if divide else loss).backward()
-            if clip == "each" and max_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if clip == "each" and max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             if step_each:
                 optimizer.step()
                 if step_each == "zero":
                     optimizer.zero_grad()
-        if clip == "after" and max_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if clip == "after" and max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         if zero == "before_step":
             optimizer.zero_grad()
         if not step_each and zero != "no_step":
             optimizer.step()
-        if clip == "after_step" and max_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if clip == "after_step" and max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         if zero == "end":
             optimizer.zero_grad()
         total = {"mean": sum(losses) / K, "last": losses[-1], "first": losses[0],
@@ -208,7 +208,7 @@ def train_step_with(*, divide=True, zero="start", step_each="", clip="after", au
     return train_step
 
 
-def train_step_backward_after_loop(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_backward_after_loop(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad()
     K = len(micro_batches)
     total = 0.0
@@ -216,13 +216,13 @@ def train_step_backward_after_loop(model, optimizer, micro_batches, dtype=None, 
         loss = lm_loss(model(x), y) / K
         total += loss.item()
     loss.backward()  # only the last micro-batch's graph
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total
 
 
-def train_step_clips_each_gradient(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_clips_each_gradient(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     params = [p for p in model.parameters()]
     K = len(micro_batches)
     summed = [torch.zeros_like(p) for p in params]
@@ -231,9 +231,9 @@ def train_step_clips_each_gradient(model, optimizer, micro_batches, dtype=None, 
         loss = lm_loss(model(x), y)
         total += loss.item() / K
         grads = torch.autograd.grad(loss / K, params)
-        if max_norm is not None:  # clipped alone, before it is added to the others
+        if max_grad_norm is not None:  # clipped alone, before it is added to the others
             norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-            grads = [g * min(1.0, max_norm / (float(norm) + 1e-6)) for g in grads]
+            grads = [g * min(1.0, max_grad_norm / (float(norm) + 1e-6)) for g in grads]
         summed = [s + g for s, g in zip(summed, grads)]
     for p, g in zip(params, summed):
         p.grad = g
@@ -242,31 +242,31 @@ def train_step_clips_each_gradient(model, optimizer, micro_batches, dtype=None, 
     return total
 
 
-def train_step_casts_the_model(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_casts_the_model(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     if dtype is not None:
         model.to(dtype)
-    return train_step_with()(model, optimizer, micro_batches, None, max_norm)
+    return train_step_with()(model, optimizer, micro_batches, None, max_grad_norm)
 
 
-def train_step_returns_none(model, optimizer, micro_batches, dtype=None, max_norm=None):
-    train_step_with()(model, optimizer, micro_batches, dtype, max_norm)
+def train_step_returns_none(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
+    train_step_with()(model, optimizer, micro_batches, dtype, max_grad_norm)
 
 
-def train_step_that_crashes(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_that_crashes(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     for x, y in micro_batches:
         loss = lm_loss(model(x), y, reduction="mean")  # lm_loss has no reduction argument
         loss.backward()
     optimizer.step()
 
 
-def train_step_stub(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_stub(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     raise NotImplementedError("Exercise 2 (train_step): write your code here")
 
 
 ONLY_LAST = "only the last micro-batch's gradient reaches the update"
 STEP_EACH = "optimizer.step() runs after every micro-batch"
 CLIP_IN_LOOP = "the gradient is clipped inside the loop, micro-batch by micro-batch"
-CLIP_IGNORED = "max_norm is ignored, or the clipping has no effect"
+CLIP_IGNORED = "max_grad_norm is ignored, or the clipping has no effect"
 
 WRONG_TRAIN_STEP = {
     "loss not divided by K": (train_step_with(divide=False), "the loss is not divided by K = 2"),
@@ -327,7 +327,7 @@ def test_check_train_step_stub():
         checks.check_train_step(train_step_stub)
 
 
-def train_step_zero_at_the_end(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_zero_at_the_end(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     K = len(micro_batches)
     losses = []
     for x, y in micro_batches:
@@ -335,27 +335,27 @@ def train_step_zero_at_the_end(model, optimizer, micro_batches, dtype=None, max_
             loss = lm_loss(model(x), y)
         (loss / K).backward()
         losses.append(loss.item())
-    if max_norm is not None:
-        clip_grad_norm(model.parameters(), max_norm)  # the library's own
+    if max_grad_norm is not None:
+        clip_grad_norm(model.parameters(), max_grad_norm)  # the library's own
     optimizer.step()
     model.zero_grad(set_to_none=False)
     return sum(losses) / len(losses)
 
 
-def train_step_one_backward(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_one_backward(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     optimizer.zero_grad(set_to_none=True)
     context = (torch.autocast(micro_batches[0][0].device.type, dtype=dtype) if dtype
                else contextlib.nullcontext())
     with context:
         total = sum(lm_loss(model(x), y) for x, y in micro_batches) / len(micro_batches)
     total.backward()
-    if max_norm:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return total.item()
 
 
-def train_step_whole_batch(model, optimizer, micro_batches, dtype=None, max_norm=None):
+def train_step_whole_batch(model, optimizer, micro_batches, dtype=None, max_grad_norm=None):
     # equal-size micro-batches: one forward on all of them is the same update
     x = torch.cat([x for x, _ in micro_batches])
     y = torch.cat([y for _, y in micro_batches])
@@ -363,8 +363,8 @@ def train_step_whole_batch(model, optimizer, micro_batches, dtype=None, max_norm
     with torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext():
         loss = lm_loss(model(x), y)
     loss.backward()
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return loss.item()
 

@@ -1,5 +1,6 @@
 """Chapter 6's decoding: greedy_decode, beam_search, sequence_log_prob, IncrementalDecoder."""
 
+import inspect
 import itertools
 import math
 
@@ -107,14 +108,14 @@ def test_hypotheses_start_with_bos_and_stop_at_eos():
 def test_beam_search_is_exact_with_a_beam_as_wide_as_the_tree():
     model = tiny_transformer(seed=1, tgt_vocab_size=4, pad_id=None)
     src = torch.randint(2, 11, (2, 5))
-    max_len = 3
-    out, scores = beam_search(model, src, max_len, BOS, EOS, beam_size=4 ** max_len,
+    max_new_tokens = 3
+    out, scores = beam_search(model, src, max_new_tokens, BOS, EOS, beam_size=4 ** max_new_tokens,
                               return_scores=True)
-    for b in range(2):  # brute force over every sequence of at most max_len tokens
+    for b in range(2):  # brute force over every sequence of at most max_new_tokens tokens
         candidates = []
-        for n in range(1, max_len + 1):
+        for n in range(1, max_new_tokens + 1):
             for body in itertools.product(range(4), repeat=n):
-                if EOS in body[:-1] or (n < max_len and body[-1] != EOS):
+                if EOS in body[:-1] or (n < max_new_tokens and body[-1] != EOS):
                     continue
                 candidates.append(torch.tensor((BOS, *body)))
         log_probs = [sequence_log_prob(model, src[b:b + 1], c[None]).item() for c in candidates]
@@ -163,7 +164,7 @@ def test_length_penalty_formula_and_effect():
     ("kwargs", "error", "pattern"),
     [
         (dict(beam_size=0), ValueError, "beam_size must be a positive int"),
-        (dict(max_len=0), ValueError, "max_len must be a positive int"),
+        (dict(max_new_tokens=0), ValueError, "max_new_tokens must be a positive int"),
         (dict(bos_id=12), ValueError,
          r"bos_id=12 is outside the model's target vocabulary \[0, 12\)"),
         (dict(eos_id=-1), ValueError, "eos_id must be a non-negative int"),
@@ -176,10 +177,23 @@ def test_length_penalty_formula_and_effect():
 )
 def test_bad_arguments(kwargs, error, pattern):
     model = tiny_transformer()
-    args = dict(model=model, src=torch.tensor([[3, 4]]), max_len=5, bos_id=BOS, eos_id=EOS)
+    args = dict(model=model, src=torch.tensor([[3, 4]]), max_new_tokens=5, bos_id=BOS,
+                eos_id=EOS)
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
         beam_search(**args)
+
+
+@pytest.mark.parametrize("decode", [greedy_decode, beam_search])
+def test_max_len_is_the_old_name_of_max_new_tokens(decode):
+    model, src = tiny_transformer(), torch.tensor([[3, 4, 5]])
+    with pytest.warns(FutureWarning, match="max_len= is renamed max_new_tokens="):
+        old = decode(model, src, max_len=4, bos_id=BOS, eos_id=EOS)
+    new = decode(model, src, max_new_tokens=4, bos_id=BOS, eos_id=EOS)
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    with pytest.raises(TypeError, match="got both max_len= and max_new_tokens="):
+        decode(model, src, max_len=4, max_new_tokens=4, bos_id=BOS, eos_id=EOS)
+    assert list(inspect.signature(decode).parameters)[2] == "max_new_tokens"
 
 
 def test_use_cache_needs_a_transformer_and_models_need_encode_decode():

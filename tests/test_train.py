@@ -205,6 +205,28 @@ def test_help_lists_every_field_with_its_reason():
     assert set(tr._field_reasons()) == {f.name for f in tr.fields(tr.TrainConfig)}
 
 
+def test_max_grad_norm_none_turns_clipping_off_and_grad_clip_is_its_old_name(capsys):
+    def settings(*flags):
+        return tr._overrides(tr._parser().parse_args(["--out", "x", *flags]))
+    assert settings("--max-grad-norm", "none") == {"max_grad_norm": None}
+    assert settings("--max-grad-norm", "0.5") == {"max_grad_norm": 0.5}
+    assert settings("--grad-clip", "0") == {"max_grad_norm": None}  # 0 meant "off"
+    assert settings("--grad-clip", "2") == {"max_grad_norm": 2.0}
+    assert "--grad-clip is renamed --max-grad-norm" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="give only one"):
+        settings("--grad-clip", "2", "--max-grad-norm", "1")
+    with pytest.raises(ValueError, match="max_grad_norm must be None"):
+        replace(SMOKE, max_grad_norm=0.0)
+
+
+def test_a_checkpoint_saved_with_grad_clip_reads_as_max_grad_norm(tmp_path):
+    tr.train(SMOKE, tmp_path, progress=False, stop_after=2)
+    config = read_checkpoint_state(tmp_path / "checkpoint")["config"]
+    old = {("grad_clip" if k == "max_grad_norm" else k): v for k, v in config.items()}
+    assert tr._saved_config(old) == config
+    assert tr._saved_config({**old, "grad_clip": 0.0})["max_grad_norm"] is None
+
+
 def test_command_rejects_bad_flags(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "transformer_lib.train", "--preset", "cpu-smoke",
@@ -220,7 +242,7 @@ def test_command_rejects_bad_flags(tmp_path):
     (["--vocab-size", "5"], "vocab_size must be at least the"),
     (["--max-chars", "10"], "max_chars=10 (with max_file_bytes=32000) gives 0 training"),
     (["--lr", "1e300"], "lr must be a finite number within float32's range"),
-    (["--grad-clip", "nan"], "grad_clip must be a finite number"),
+    (["--max-grad-norm", "nan"], "max_grad_norm must be a finite number"),
     (["--resume", "--overwrite"], "resume and overwrite exclude each other"),
 ])
 def test_command_rejects_bad_settings_in_one_line_before_any_work(tmp_path, monkeypatch, capsys,

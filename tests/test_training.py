@@ -1,6 +1,7 @@
 """Chapter 7's training machinery: label smoothing, schedules, clipping, checkpoints, the
 trainer."""
 
+import inspect
 import math
 import pickle
 import random
@@ -133,24 +134,36 @@ def _net_with_gradients(scale):
     return net
 
 
-@pytest.mark.parametrize("scale, max_norm", [(100.0, 1.0), (0.01, 1.0), (5.0, 0.5)])
-def test_clip_grad_norm_matches_pytorch(scale, max_norm):
+@pytest.mark.parametrize("scale, max_grad_norm", [(100.0, 1.0), (0.01, 1.0), (5.0, 0.5)])
+def test_clip_grad_norm_matches_pytorch(scale, max_grad_norm):
     ours, theirs = _net_with_gradients(scale), _net_with_gradients(scale)
-    norm = clip_grad_norm(ours.parameters(), max_norm)
-    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm))
+    norm = clip_grad_norm(ours.parameters(), max_grad_norm)
+    torch.testing.assert_close(norm,
+                               torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_grad_norm))
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ours.parameters()]))
-    assert after <= max_norm * (1 + 1e-5)
+    assert after <= max_grad_norm * (1 + 1e-5)
 
 
 def test_clip_grad_norm_edge_cases():
     p = nn.Parameter(torch.ones(3))
     assert clip_grad_norm([p], 1.0) == 0  # no gradients
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
         clip_grad_norm([p], 0.0)
     p.grad = torch.tensor([3.0, 4.0, 0.0])
     assert clip_grad_norm([p], float("inf")) == 5.0 and p.grad.tolist() == [3.0, 4.0, 0.0]
+
+
+def test_old_keyword_names_still_work_with_a_warning():
+    ours, theirs = _net_with_gradients(100.0), _net_with_gradients(100.0)
+    with pytest.warns(FutureWarning, match="max_norm= is renamed max_grad_norm="):
+        old = clip_grad_norm(ours.parameters(), max_norm=1.0)
+    assert torch.equal(old, clip_grad_norm(theirs.parameters(), max_grad_norm=1.0))
+    with pytest.raises(TypeError, match="got both max_norm= and max_grad_norm="):
+        clip_grad_norm(ours.parameters(), max_norm=1.0, max_grad_norm=1.0)
+    for fn, new in [(clip_grad_norm, "max_grad_norm"), (translate, "max_new_tokens")]:
+        assert new in inspect.signature(fn).parameters  # help() shows the new name only
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -293,7 +306,7 @@ def test_trainer_learns_a_tiny_task():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
 
     def metrics(m):
-        predictions = translate(m, tokenizer, [p[0] for p in valid], max_len=10)
+        predictions = translate(m, tokenizer, [p[0] for p in valid], max_new_tokens=10)
         return {"exact_match": exact_match(predictions, [p[1] for p in valid])}
 
     trainer = Trainer(model, optimizer, seq2seq_loss, _loader(train, tokenizer), metrics_fn=metrics,
@@ -381,10 +394,10 @@ def test_translate_decodes_texts_greedy_or_beam():
     model, tokenizer, _ = _tiny_task()
     model.train()
     sources = ["abc", "hgfedc", "ab"]
-    greedy = translate(model, tokenizer, sources, max_len=8, batch_size=2)
+    greedy = translate(model, tokenizer, sources, max_new_tokens=8, batch_size=2)
     assert len(greedy) == 3 and all(isinstance(o, str) for o in greedy)
-    assert greedy == translate(model, tokenizer, sources, max_len=8, beam_size=1)
-    beams = translate(model, tokenizer, sources, max_len=8, beam_size=3, length_alpha=0.5)
+    assert greedy == translate(model, tokenizer, sources, max_new_tokens=8, beam_size=1)
+    beams = translate(model, tokenizer, sources, max_new_tokens=8, beam_size=3, length_alpha=0.5)
     assert len(beams) == 3
     assert model.training  # translate restores the mode it found
     with pytest.raises(ValueError, match="beam_size"):

@@ -12,10 +12,42 @@ not its interface: ``transformer_lib`` does not re-export it.
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 from torch import Tensor
 
-__all__ = ["check_layer_norm_eps", "check_mask", "check_positive_ints", "check_probability"]
+__all__ = ["check_layer_norm_eps", "check_mask", "check_positive_ints", "check_probability",
+           "renamed_keyword"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def renamed_keyword(**renames: str) -> Callable[[F], F]:
+    """A function's keyword that has a new name: the old one still works, with a warning.
+
+    ``@renamed_keyword(max_len="max_new_tokens")`` passes ``max_len=`` on as ``max_new_tokens=``
+    and warns (``FutureWarning``, which Python shows by default) that the old name will go. Giving
+    both names is a ``TypeError``, as Python's own for a repeated argument. The signature that
+    ``help`` and ``inspect`` show is the function's own, with the new name only.
+    """
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__name__}() got both {old}= and {new}=; "
+                                        f"{old} is the old name of {new}: pass {new} only")
+                    warnings.warn(f"{fn.__name__}(): {old}= is renamed {new}=; the old name "
+                                  "will be removed", FutureWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+    return decorate
 
 
 def check_positive_ints(**values: int) -> None:

@@ -16,21 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_lib._validate import renamed_keyword
 from transformer_lib.attention import causal_mask
 
 if TYPE_CHECKING:
     from transformer_lib.model import Transformer
 
 
-def _check_decoding_args(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
-                         beam_size: int = 1) -> None:
+def _check_decoding_args(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int,
+                         eos_id: int, beam_size: int = 1) -> None:
     if not (hasattr(model, "encode") and hasattr(model, "decode")):
         raise TypeError(f"model must have encode(src, src_mask) and decode(tgt, memory, src_mask) "
                         f"methods, got {type(model).__name__}")
     if not isinstance(src, Tensor) or src.dim() != 2:
         raise ValueError(f"src must be a (B, S) tensor of token ids, got "
                          f"{tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__}")
-    for name, value in (("max_len", max_len), ("beam_size", beam_size)):
+    for name, value in (("max_new_tokens", max_new_tokens), ("beam_size", beam_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     vocab_size = getattr(getattr(model, "config", None), "tgt_vocab_size", None)
@@ -89,8 +90,9 @@ def _stepper(model: nn.Module, memory: Tensor, src_mask: Tensor | None, use_cach
     return _FullPrefixStepper(model, memory, src_mask)
 
 
+@renamed_keyword(max_len="max_new_tokens")  # its old name still works, with a warning
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+def greedy_decode(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
                   src_mask: Tensor | None = None, use_cache: bool | None = None) -> list[Tensor]:
     r"""Decode by appending the most probable token at every step,
     :math:`y_t = \arg\max_v p(v \mid y_{<t}, x)`.
@@ -99,7 +101,7 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_
         model: anything with ``encode(src, src_mask) -> memory`` and
             ``decode(tgt, memory, src_mask, tgt_mask) -> logits (B, T, V)``.
         src: ``(B, S)`` source token ids.
-        max_len: the most tokens to generate after BOS.
+        max_new_tokens: the most tokens to generate after BOS.
         bos_id, eos_id: the ids that start and end a sequence.
         src_mask: bool, broadcastable to ``(B, 1, 1, S)``, ``True`` = a real source token.
         use_cache: reuse keys and values across steps (:class:`IncrementalDecoder`); ``None``
@@ -108,9 +110,9 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_
 
     Returns:
         One 1-d tensor per source: the ids from ``bos_id`` up to and including ``eos_id``
-        (or ``max_len`` generated tokens if EOS never came).
+        (or ``max_new_tokens`` generated tokens if EOS never came).
     """
-    _check_decoding_args(model, src, max_len, bos_id, eos_id)
+    _check_decoding_args(model, src, max_new_tokens, bos_id, eos_id)
     B = src.size(0)
     if B == 0:  # no sources, no outputs (nothing to encode)
         return []
@@ -118,7 +120,7 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_
     step = _stepper(model, model.encode(src, src_mask), src_mask, use_cache)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         next_token = step(tokens).argmax(dim=-1)  # (B, V) -> (B,)
         next_token = next_token.masked_fill(done, eos_id)  # finished rows just repeat EOS
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t) -> (B, t + 1)
@@ -145,8 +147,9 @@ class _Finished:
     tokens: Tensor
 
 
+@renamed_keyword(max_len="max_new_tokens")  # its old name still works, with a warning
 @torch.no_grad()
-def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+def beam_search(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
                 beam_size: int = 4, src_mask: Tensor | None = None, length_alpha: float = 0.0,
                 use_cache: bool | None = None, return_scores: bool = False
                 ) -> list[Tensor] | tuple[list[Tensor], list[float]]:
@@ -156,12 +159,12 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
     :math:`\operatorname{lp}(y) = ((5 + |y|) / 6)^\alpha` (:func:`length_penalty`; ``|y|``
     counts generated tokens, EOS included). A hypothesis that emits EOS is finished and set
     aside; a source's search ends when no live hypothesis can beat its best finished one, or
-    after ``max_len`` steps (live hypotheses then count as finished).
+    after ``max_new_tokens`` steps (live hypotheses then count as finished).
 
     Args:
         model: anything with ``encode`` and ``decode`` as in :func:`greedy_decode`.
         src: ``(B, S)`` source token ids; all sources and beams run as one batch of ``B * k``.
-        max_len: the most tokens to generate after BOS.
+        max_new_tokens: the most tokens to generate after BOS.
         bos_id, eos_id: the ids that start and end a sequence.
         beam_size: ``k``, the number of hypotheses kept; ``1`` is greedy decoding.
         src_mask: bool, broadcastable to ``(B, 1, 1, S)``, ``True`` = a real source token.
@@ -171,10 +174,10 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
 
     Returns:
         For each source, its best hypothesis: ids from ``bos_id`` to ``eos_id`` inclusive (or
-        ``max_len`` generated tokens); with ``return_scores``, also the list of their
+        ``max_new_tokens`` generated tokens); with ``return_scores``, also the list of their
         log-probabilities :math:`\log p(y \mid x)`.
     """
-    _check_decoding_args(model, src, max_len, bos_id, eos_id, beam_size)
+    _check_decoding_args(model, src, max_new_tokens, bos_id, eos_id, beam_size)
     if length_alpha < 0:
         raise ValueError(f"length_alpha must be >= 0, got {length_alpha!r}")
     B, S, k = src.size(0), src.size(1), beam_size
@@ -191,9 +194,9 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
     log_probs[:, 0] = 0.0  # one live hypothesis per source at the start: BOS
     finished: list[list[_Finished]] = [[] for _ in range(B)]
     active = [True] * B
-    best_possible = length_penalty(max_len, length_alpha)  # the largest penalty divisor
+    best_possible = length_penalty(max_new_tokens, length_alpha)  # the largest penalty divisor
 
-    for t in range(1, max_len + 1):
+    for t in range(1, max_new_tokens + 1):
         next_log_probs = step(tokens).view(B, k, -1)  # (B * k, V) -> (B, k, V)
         V = next_log_probs.size(-1)
         candidates = (log_probs[:, :, None] + next_log_probs).view(B, k * V)  # (B, k * V)
@@ -233,13 +236,13 @@ def beam_search(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id
                             torch.tensor(keep_tokens, device=device)[:, None]], dim=1)
         log_probs = new_log_probs.masked_fill(~torch.tensor(active, device=device)[:, None],
                                               float("-inf"))
-    else:  # max_len reached: live hypotheses count as finished
+    else:  # max_new_tokens reached: live hypotheses count as finished
         for b in range(B):
             for j in range(k):
                 score = log_probs[b, j].item()
                 if active[b] and score > float("-inf"):
-                    finished[b].append(_Finished(score / length_penalty(max_len, length_alpha),
-                                                 score, tokens[b * k + j]))
+                    penalty = length_penalty(max_new_tokens, length_alpha)
+                    finished[b].append(_Finished(score / penalty, score, tokens[b * k + j]))
     best = [max(hyps, key=lambda f: f.score) for hyps in finished]
     outputs = [f.tokens for f in best]
     return (outputs, [f.log_prob for f in best]) if return_scores else outputs

@@ -265,16 +265,16 @@ class GPT(nn.Module):
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache,
                         generator)
 
-    def _check_idx(self, idx: Tensor, max_len: int | None = None, why: str = "") -> None:
+    def _check_idx(self, idx: Tensor, limit: int | None = None, why: str = "") -> None:
         if not isinstance(idx, Tensor):
             raise TypeError(f"idx must be a (B, T) tensor of token ids, got {type(idx).__name__}")
         if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.is_complex() \
                 or idx.dtype == torch.bool:
             raise ValueError(f"idx must be a (B, T) tensor of integer token ids with T >= 1, "
                              f"got {idx.dtype} {tuple(idx.shape)}")
-        if max_len is not None and idx.size(1) > max_len:
+        if limit is not None and idx.size(1) > limit:
             raise ValueError(f"idx has T={idx.size(1)} tokens, more than the model can see: "
-                             f"{max_len}{why}; crop it, e.g. idx[:, -context_length:]")
+                             f"{limit}{why}; crop it, e.g. idx[:, -context_length:]")
         if torch.compiler.is_compiling():  # reading values would split the compiled graph
             return
         low, high = int(idx.min()), int(idx.max())  # on a GPU, a wait for the device

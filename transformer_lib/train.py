@@ -104,7 +104,8 @@ class TrainConfig:
     min_lr: float = _setting(1e-4, "where the cosine decay ends")
     warmup_steps: int = _setting(100, "linear warmup from 0 to lr")
     weight_decay: float = _setting(0.1, "AdamW's, on matrices and embeddings only")
-    grad_clip: float = _setting(1.0, "the largest global gradient norm; 0 turns clipping off")
+    max_grad_norm: float | None = _setting(1.0, "the largest global gradient norm; None (on the "
+                                                "command line: none) turns clipping off")
     # speed
     dtype: str = _setting("float32", "\"bfloat16\": autocast runs matmuls and attention in bf16, "
                                      "weights stay float32", choices=("float32", "bfloat16"))
@@ -129,8 +130,11 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be an int, got {value!r}")
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"{f.name} must be a bool, got {value!r}")
-            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not abs(value) <= torch.finfo(torch.float32).max):
+            if f.type == "float | None" and value is None:
+                continue
+            if f.type.startswith("float") and (isinstance(value, bool)
+                                               or not isinstance(value, (int, float))
+                                               or not abs(value) <= torch.finfo(torch.float32).max):
                 # the optimizer computes in float32: a larger (or infinite, or NaN) value
                 # would fail in the middle of the first update
                 raise ValueError(f"{f.name} must be a finite number within float32's range "
@@ -162,9 +166,11 @@ class TrainConfig:
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"lr must be > 0 and min_lr in [0, lr], got lr={self.lr!r} and "
                              f"min_lr={self.min_lr!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} "
-                             f"and {self.grad_clip!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None (no clipping) or > 0, got "
+                             f"{self.max_grad_norm!r}")
 
     def _check_choice(self, name: str) -> None:
         """Raise ValueError unless field ``name`` holds one of its ``choices``."""
@@ -451,9 +457,18 @@ def _build(config: TrainConfig, data: _Data, env: _Dist, device: torch.device) -
 _RESUMABLE_CHANGES = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "compile"}
 
 
+def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings under today's names: ``grad_clip`` (0 = no clipping) is now
+    ``max_grad_norm`` (None = no clipping), so a run saved before the rename resumes."""
+    saved = dict(saved)
+    if "grad_clip" in saved and "max_grad_norm" not in saved:
+        saved["max_grad_norm"] = saved.pop("grad_clip") or None
+    return saved
+
+
 def _check_same_run(checkpoint: Path, config: TrainConfig) -> None:
     """Raise ValueError, naming the fields, if ``checkpoint`` was saved with other settings."""
-    saved = read_checkpoint_state(checkpoint)["config"]
+    saved = _saved_config(read_checkpoint_state(checkpoint)["config"])
     changed = [f"{name} ({saved[name]!r} -> {value!r})" for name, value in asdict(config).items()
                if name not in _RESUMABLE_CHANGES and saved.get(name) != value]
     if changed:
@@ -527,8 +542,8 @@ def _update(run: _Run, step: int) -> tuple[float, Tensor, Tensor | None]:
                 loss = lm_loss(run.runner(x), y) / config.grad_accum
             loss.backward()
         loss_sum += loss.detach()
-    grad_norm = (clip_grad_norm(run.model.parameters(), config.grad_clip)
-                 if config.grad_clip > 0 else None)
+    grad_norm = (clip_grad_norm(run.model.parameters(), config.max_grad_norm)
+                 if config.max_grad_norm is not None else None)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return lr, loss_sum, grad_norm
@@ -749,6 +764,35 @@ def _field_reasons() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in fields(TrainConfig) if f.metadata.get("help")}
 
 
+class _NoneValue:
+    """What a command-line ``none`` parses to: the setting's ``None`` (``None`` itself means
+    "the flag was not given")."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+_NONE = _NoneValue()
+
+
+def _float_or_none(text: str) -> float | _NoneValue:
+    """A flag's value for a ``float | None`` setting: a number, or ``none``."""
+    return _NONE if text.strip().lower() == "none" else float(text)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line gives, under today's names; ``none`` becomes ``None``."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    if args.grad_clip is not None:
+        if "max_grad_norm" in overrides:
+            raise ValueError("--grad-clip is the old name of --max-grad-norm: give only one")
+        print("warning: --grad-clip is renamed --max-grad-norm (none: no clipping); the old "
+              "name will be removed", file=sys.stderr)
+        overrides["max_grad_norm"] = args.grad_clip or _NONE
+    return {name: None if value is _NONE else value for name, value in overrides.items()}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m transformer_lib.train",
@@ -767,7 +811,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="stop after update N with a checkpoint, as if interrupted")
-    types = {"int": int, "float": float, "str": str, "int | None": int}
+    types = {"int": int, "float": float, "str": str, "int | None": int,
+             "float | None": _float_or_none}
     reasons = _field_reasons()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -778,15 +823,17 @@ def _parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=types[f.type], default=None, help=help_text,
                                 choices=f.metadata.get("choices"))
+    parser.add_argument("--grad-clip", type=float, metavar="C",
+                        help="the old name of --max-grad-norm (0: none); it still works, with a "
+                             "warning")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the command; ``argv`` defaults to ``sys.argv[1:]``."""
     args = _parser().parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
     try:
+        overrides = _overrides(args)
         config = replace(PRESETS[args.preset], **overrides)
         checkpoint = Path(args.out) / "checkpoint"
         if args.resume and latest_checkpoint(checkpoint) is not None:

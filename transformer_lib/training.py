@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
+from transformer_lib._validate import renamed_keyword
 from transformer_lib.attention import padding_mask
 from transformer_lib.data import IGNORE_INDEX, Seq2SeqTokenizer, TranslationBatch
 from transformer_lib.decoding import beam_search, greedy_decode
@@ -148,8 +149,9 @@ def warmup_cosine_schedule(step: int, warmup_steps: int, total_steps: int,
     return min_factor + 0.5 * (1.0 - min_factor) * (1.0 + math.cos(math.pi * progress))
 
 
-def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
-    r"""Scale all gradients together so that their global L2 norm is at most ``max_norm``.
+@renamed_keyword(max_norm="max_grad_norm")  # its old name still works, with a warning
+def clip_grad_norm(parameters: Iterable[Tensor], max_grad_norm: float) -> Tensor:
+    r"""Scale all gradients together so that their global L2 norm is at most ``max_grad_norm``.
 
     .. math::
         \|g\| = \sqrt{\textstyle\sum_i \|g_i\|^2}, \qquad
@@ -159,18 +161,18 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
 
     Args:
         parameters: tensors whose ``.grad`` to clip (those without a gradient are skipped).
-        max_norm: ``c``; ``float("inf")`` only measures the norm.
+        max_grad_norm: ``c``; ``float("inf")`` only measures the norm.
 
     Returns:
         The global norm before clipping, a scalar tensor.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    if not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    scale = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale)
     return total
@@ -647,9 +649,10 @@ class Trainer:
         return state
 
 
+@renamed_keyword(max_len="max_new_tokens")  # its old name still works, with a warning
 @torch.no_grad()
 def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[str],
-              max_len: int = 32, beam_size: int = 1, batch_size: int = 500,
+              max_new_tokens: int = 32, beam_size: int = 1, batch_size: int = 500,
               **beam_kwargs: Any) -> list[str]:
     """Translate texts with an encoder-decoder: encode, decode, and turn the ids back into text.
 
@@ -657,7 +660,7 @@ def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[s
         model: a :class:`Transformer` (anything :func:`greedy_decode` accepts).
         tokenizer: the tokenizer of both sides.
         sources: the texts to translate.
-        max_len: the most tokens to generate per text, EOS included.
+        max_new_tokens: the most tokens to generate per text, EOS included.
         beam_size: 1 for greedy decoding, more for :func:`beam_search`.
         batch_size: texts decoded together.
         **beam_kwargs: passed to :func:`beam_search` (e.g. ``length_alpha``).
@@ -678,10 +681,10 @@ def translate(model: nn.Module, tokenizer: Seq2SeqTokenizer, sources: Sequence[s
                            padding_value=tokenizer.pad_id).to(device)  # (B, S)
         src_mask = padding_mask(src, tokenizer.pad_id)  # (B, 1, 1, S)
         if beam_size == 1:
-            out = greedy_decode(model, src, max_len, tokenizer.bos_id, tokenizer.eos_id,
+            out = greedy_decode(model, src, max_new_tokens, tokenizer.bos_id, tokenizer.eos_id,
                                 src_mask=src_mask)
         else:
-            out = beam_search(model, src, max_len, tokenizer.bos_id, tokenizer.eos_id,
+            out = beam_search(model, src, max_new_tokens, tokenizer.bos_id, tokenizer.eos_id,
                               beam_size=beam_size, src_mask=src_mask, **beam_kwargs)
         outputs += [tokenizer.decode(row) for row in out]
     model.train(was_training)

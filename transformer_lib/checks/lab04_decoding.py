@@ -58,7 +58,7 @@ def _random_transformer(seed: int, *, norm_first: bool, vocab: int = 9,
     """A small random :class:`Transformer` (its own initialization, from ``seed``) in eval
     mode. Its output projection is scaled up and given a random bias, so that its next-token
     distributions are peaked and EOS (id 2) is likely: sequences end after a few tokens or run
-    to max_len, and the best ones differ from source to source. It never predicts PAD or BOS
+    to max_new_tokens, and the best ones differ from source to source. It never predicts PAD or BOS
     (ids 0 and 1), as a trained model would not."""
     config = TransformerConfig(src_vocab_size=11, tgt_vocab_size=vocab, d_model=16, num_heads=2,
                                num_encoder_layers=2, num_decoder_layers=2, d_ff=32, dropout=0.0,
@@ -74,8 +74,8 @@ def _random_transformer(seed: int, *, norm_first: bool, vocab: int = 9,
 
 
 # seeds of the random models, chosen so that their answers differ from source to source, some end
-# with EOS and some run to max_len, and beam search, the source mask and the length penalty each
-# change some answer
+# with EOS and some run to max_new_tokens, and beam search, the source mask and the length penalty
+# each change some answer
 _POST_LN_SEED, _PRE_LN_SEED = 33, 48
 
 
@@ -205,7 +205,7 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
     """What is visibly wrong with the sequences, whatever the code that made them: each message
     states what the sequences show, and what the contract asks instead."""
     i = case.inputs
-    bos, eos, max_len, model = i["bos_id"], i["eos_id"], i["max_len"], i["model"]
+    bos, eos, max_new_tokens, model = i["bos_id"], i["eos_id"], i["max_new_tokens"], i["model"]
     seqs = [a.long().tolist() for a in got]
     wants = [w.tolist() for w in want]
     if any(s[:1] != [bos] for s in seqs):
@@ -220,15 +220,16 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
         return ("your sequences go on after EOS: a sequence ends at its first EOS. Stop when "
                 "every row has produced EOS, and cut each row after its first EOS (rows finish "
                 "at different steps)")
-    if any(len(s) > max_len + 1 for s in seqs):
-        return (f"a sequence has more than max_len + 1 = {max_len + 1} ids: max_len counts the "
-                f"tokens generated after BOS")
+    if any(len(s) > max_new_tokens + 1 for s in seqs):
+        return (f"a sequence has more than max_new_tokens + 1 = {max_new_tokens + 1} ids: "
+                f"max_new_tokens counts the tokens generated after BOS")
     wrong = [(s, w) for s, w in zip(seqs, wants) if s != w]
     if wrong and all(s == w[:-1] for s, w in wrong):
-        if all(len(w) == max_len + 1 for _, w in wrong):
+        if all(len(w) == max_new_tokens + 1 for _, w in wrong):
             return (f"your sequences stop one token early: each of them is the expected one "
-                    f"without its last token, generated at step max_len = {max_len}. max_len "
-                    f"counts the tokens generated after BOS: the loop runs for steps 1 to max_len")
+                    f"without its last token, generated at step max_new_tokens = "
+                    f"{max_new_tokens}. max_new_tokens counts the tokens generated after BOS: the "
+                    f"loop runs for steps 1 to max_new_tokens")
         if all(w[-1] == eos for _, w in wrong):
             return ("your sequences leave out their final EOS: a finished sequence ends with "
                     "eos_id, included")
@@ -247,10 +248,10 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
                     f"row of the batch must read its own source's memory, and each step "
                     f"appends the token predicted for that row")
     if beam and s[-1:] != [eos] and w[-1:] == [eos]:
-        if len(s) == max_len + 1:
+        if len(s) == max_new_tokens + 1:
             return ("the sequence you return never finished although a finished one (ending with "
                     "EOS) is better: return the best finished hypothesis; live ones count as "
-                    "finished only when max_len is reached")
+                    "finished only when max_new_tokens is reached")
         return "a finished hypothesis ends with eos_id, included; yours does not"
     if beam and i.get("beam_size") == 1:
         return ("with beam_size=1, beam search must give greedy decoding's answer (one live "
@@ -260,7 +261,7 @@ def _sequence_symptoms(got: Sequence[Tensor], want: Sequence[Tensor], case: Case
 
 def _decoding_args(case: Case) -> tuple[list[Any], dict[str, Any]]:
     i = case.inputs
-    args = [i["model"], i["src"].clone(), i["max_len"], i["bos_id"], i["eos_id"]]
+    args = [i["model"], i["src"].clone(), i["max_new_tokens"], i["bos_id"], i["eos_id"]]
     kwargs = {name: i[name] for name in ("beam_size", "src_mask", "length_alpha")
               if i.get(name) is not None}
     return args, kwargs
@@ -306,10 +307,10 @@ class _GreedyBug:
     normalize: str = ""  # "batch": a softmax over the batch before the argmax; "positions": a
     # (log-)softmax over the positions of the (B, t, V) logits
     newest_only: bool = False  # each step decodes only the newest token, not the whole prefix
-    steps: int = 0  # max_len + steps steps
+    steps: int = 0  # max_new_tokens + steps steps
 
 
-def _greedy_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+def _greedy_math(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
                  src_mask: Tensor | None = None, *, bug: _GreedyBug = _GreedyBug()) -> list[Tensor]:
     """Greedy decoding, written plainly, with switches for common mistakes."""
     encode_mask = src_mask if bug.mask in ("both", "encode") else None
@@ -318,7 +319,7 @@ def _greedy_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_i
     B = src.size(0)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_len + bug.steps):
+    for _ in range(max_new_tokens + bug.steps):
         prefix = tokens[:, -1:] if bug.newest_only else tokens
         logits = model.decode(prefix, memory, decode_mask, causal_mask(prefix.size(1)))
         if bug.normalize == "positions":
@@ -407,16 +408,19 @@ def _greedy_mistakes() -> list[Mistake]:
                  "generated tokens", no_bos),
         _mistake("your sequences leave out their final EOS: a finished sequence ends with eos_id",
                  no_eos),
-        _mistake("max_len counts the tokens generated after BOS: generate at most max_len of "
-                 "them, for at most max_len + 1 ids; yours makes one more", var(steps=1)),
-        _mistake("max_len counts the tokens generated after BOS: generate at most max_len of "
-                 "them, for at most max_len + 1 ids; yours makes one fewer", var(steps=-1)),
+        _mistake("max_new_tokens counts the tokens generated after BOS: generate at most "
+                 "max_new_tokens of them, for at most max_new_tokens + 1 ids; yours makes one more",
+                 var(steps=1)),
+        _mistake("max_new_tokens counts the tokens generated after BOS: generate at most "
+                 "max_new_tokens of them, for at most max_new_tokens + 1 ids; yours makes one "
+                 "fewer",
+                 var(steps=-1)),
     ]
 
 
-def _case(name: str, model: nn.Module, src: Tensor, max_len: int, src_mask: Tensor | None = None,
-          bos: int = 1, eos: int = 2, **more: Any) -> Case:
-    return Case(name, {"model": model, "src": src, "max_len": max_len, "bos_id": bos,
+def _case(name: str, model: nn.Module, src: Tensor, max_new_tokens: int,
+          src_mask: Tensor | None = None, bos: int = 1, eos: int = 2, **more: Any) -> Case:
+    return Case(name, {"model": model, "src": src, "max_new_tokens": max_new_tokens, "bos_id": bos,
                        "eos_id": eos, **more, "src_mask": src_mask})
 
 
@@ -439,7 +443,7 @@ def _greedy_cases(g: torch.Generator) -> list[Case]:
         _case("a table model with bos_id=2, eos_id=0", other_ids, table_sources(other_ids, "A"), 5,
               bos=2, eos=0),
         _case("a random post-LN Transformer, 3 padded sources", post_ln, src_t, 6, mask_t),
-        _case("a random pre-LN Transformer, 2 padded sources, max_len=1", pre_ln, src_u, 1,
+        _case("a random pre-LN Transformer, 2 padded sources, max_new_tokens=1", pre_ln, src_u, 1,
               mask_u),
         _case("a random pre-LN Transformer, 4 padded sources", pre_ln, src_v, 5, mask_v),
     ]
@@ -447,9 +451,9 @@ def _greedy_cases(g: torch.Generator) -> list[Case]:
 
 @isolated
 def check_greedy_decode(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(model, src, max_len, bos_id, eos_id, src_mask=None)``, greedy decoding, which
-    returns one 1-d tensor of ids per source: ``bos_id``, the generated tokens, and ``eos_id``
-    (or ``max_len`` tokens if EOS never came), as :func:`transformer_lib.greedy_decode`.
+    """Check ``fn(model, src, max_new_tokens, bos_id, eos_id, src_mask=None)``, greedy decoding,
+    which returns one 1-d tensor of ids per source: ``bos_id``, the generated tokens, and ``eos_id``
+    (or ``max_new_tokens`` tokens if EOS never came), as :func:`transformer_lib.greedy_decode`.
 
     The models: hand-made table models (batches whose sources finish at different steps or never;
     other BOS and EOS ids) and small random :class:`transformer_lib.Transformer` s with padded
@@ -846,18 +850,19 @@ class _BeamBug:
     every_eos: bool = False  # every EOS among the top 2k is set aside, even below the k-th live
     top_k_only: bool = False  # only the top k candidates: the beam shrinks when some finish
     stop: str = "exact"  # "first": at the first finished; "k_finished"; "raw_bound" (the best live
-    # log p, not divided); "bound_t" (divided by lp(t), the current length, not lp(max_len))
+    # log p, not divided); "bound_t" (divided by lp(t), the current length, not lp(max_new_tokens))
     pick: str = "best"  # "last_finished", "live" (the best live hypothesis of the last step),
     # "final_row" (row b * k of the beam when the loop ends), "finished_only"
     penalty: str = "ok"  # "ignored", "mean" (log p / |y|), "multiply", "with_bos" (|y| + 1),
     # "without_eos" (|y| - 1 for a hypothesis ending with EOS), "twice" (divided again when the
     # best is picked), "each_step" (the running score is divided by lp(t) at every step),
-    # "finished_raw" (a hypothesis that ends with EOS is not divided; the live ones at max_len are)
+    # "finished_raw" (a hypothesis that ends with EOS is not divided; the live ones at
+    # max_new_tokens are)
     ignore_mask: bool = False
-    steps: int = 0  # the loop runs max_len + steps steps (the penalties still use max_len)
+    steps: int = 0  # the loop runs max_new_tokens + steps steps (the penalties: max_new_tokens)
 
 
-def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id: int,
+def _beam_math(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
                beam_size: int = 4, src_mask: Tensor | None = None, length_alpha: float = 0.0,
                *, bug: _BeamBug = _BeamBug()) -> list[Tensor]:
     """Beam search, written plainly with Python lists, with switches for common mistakes."""
@@ -878,10 +883,10 @@ def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id:
         return total / lp(length + {"with_bos": 1, "without_eos": -1}.get(bug.penalty, 0))
 
     def live_score(total: float) -> float:
-        """The score of a live hypothesis when max_len is reached."""
+        """The score of a live hypothesis when max_new_tokens is reached."""
         if bug.penalty in ("without_eos", "finished_raw"):
-            return total / lp(max_len)  # it has no EOS to leave out; it is divided
-        return finished_score(total, max_len)
+            return total / lp(max_new_tokens)  # it has no EOS to leave out; it is divided
+        return finished_score(total, max_new_tokens)
 
     def bound(best_live: float, t: int) -> float:
         """The best score a live hypothesis can still reach (the stopping rule)."""
@@ -890,7 +895,7 @@ def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id:
         if bug.stop == "bound_t":
             return best_live / lp(t)
         if bug.penalty == "each_step":
-            return best_live / lp(max_len)
+            return best_live / lp(max_new_tokens)
         return live_score(best_live)
 
     mask = None if src_mask is None or bug.ignore_mask else src_mask.expand(B, 1, 1, src.size(1))
@@ -903,7 +908,7 @@ def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id:
     finished: list[list[tuple[float, list[int], int]]] = [[] for _ in range(B)]  # score, ids, |y|
     active = [True] * B
     top_live: list[list[int] | None] = [None] * B
-    for t in range(1, max_len + bug.steps + 1):
+    for t in range(1, max_new_tokens + bug.steps + 1):
         logits = model.decode(torch.tensor(hyps), memory, mask, causal_mask(t))[:, -1].float()
         step = logits if bug.raw_logits else F.log_softmax(logits, dim=-1)  # (B * k, V)
         n = min((1 if bug.top_k_only else 2) * k, k * step.size(-1))
@@ -967,7 +972,7 @@ def _beam_math(model: nn.Module, src: Tensor, max_len: int, bos_id: int, eos_id:
     else:
         for b in range(B):
             if active[b] and bug.pick != "finished_only":
-                finished[b] += [(live_score(s), hyps[b * k + j], max_len)
+                finished[b] += [(live_score(s), hyps[b * k + j], max_new_tokens)
                                 for j, s in enumerate(scores[b]) if s > -math.inf]
     out = []
     for b in range(B):
@@ -1018,17 +1023,17 @@ def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
 
     def greedy(case: Case) -> list[Tensor]:
         i = case.inputs
-        return _greedy_math(i["model"], i["src"], i["max_len"], i["bos_id"], i["eos_id"],
+        return _greedy_math(i["model"], i["src"], i["max_new_tokens"], i["bos_id"], i["eos_id"],
                             i.get("src_mask"))
 
     def shorter(case: Case) -> list[Tensor]:
-        return _beam_with(_BeamBug(), max_len=case.inputs["max_len"] - 1)(case)
+        return _beam_with(_BeamBug(), max_new_tokens=case.inputs["max_new_tokens"] - 1)(case)
 
     extended = ("finished hypotheses are extended: a hypothesis that emits EOS is finished; set it "
                 "aside (with its score) and keep k live hypotheses in the beam")
-    short = ("the search runs one step short: max_len counts the tokens generated after BOS, so "
-             "the steps are t = 1 ... max_len (range(1, max_len + 1)), and a hypothesis may need "
-             "all max_len of them")
+    short = ("the search runs one step short: max_new_tokens counts the tokens generated after "
+             "BOS, so the steps are t = 1 ... max_new_tokens (range(1, max_new_tokens + 1)), and a "
+             "hypothesis may need all max_new_tokens of them")
     one_hypothesis = (
         "your answers are those of a beam of one hypothesis, greedy decoding's: either all k "
         "hypotheses start live (at the first step the beam then holds k copies of BOS, and fills "
@@ -1065,22 +1070,23 @@ def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
                  "was in row j", var(no_reorder=True)),
         _mistake("the search stops at the first hypothesis that finishes: a live hypothesis may "
                  "still beat it. Go on until the best finished score is at least the best live "
-                 "log-probability (divided by lp(max_len)), or until max_len", var(stop="first")),
+                 "log-probability (divided by lp(max_new_tokens)), or until max_new_tokens",
+                 var(stop="first")),
         _mistake("the search stops when k hypotheses have finished, but a live one can still "
                  "beat them: go on until the best finished score is at least the best live "
-                 "log-probability (divided by lp(max_len)), or until max_len",
+                 "log-probability (divided by lp(max_new_tokens)), or until max_new_tokens",
                  var(stop="k_finished")),
         _mistake("you return the last hypothesis to finish: return the finished hypothesis with "
                  "the best score", var(pick="last_finished")),
         _mistake("you return a hypothesis of the beam, not the best finished one: hypotheses "
                  "that end with EOS are set aside as finished, and the answer is the best of them "
-                 "(live hypotheses count only when max_len is reached)", var(pick="live")),
+                 "(live hypotheses count only when max_new_tokens is reached)", var(pick="live")),
         _mistake("you return the first row of each source's final beam (row b * k): the answer "
                  "is the best finished hypothesis, among those set aside when they ended with EOS "
-                 "(and, when max_len is reached, the live ones)", var(pick="final_row")),
-        _mistake("when max_len is reached, the live hypotheses count as finished too (scored "
-                 "with lp(max_len)): the best of them can beat every hypothesis that ended with "
-                 "EOS", var(pick="finished_only")),
+                 "(and, when max_new_tokens is reached, the live ones)", var(pick="final_row")),
+        _mistake("when max_new_tokens is reached, the live hypotheses count as finished too "
+                 "(scored with lp(max_new_tokens)): the best of them can beat every hypothesis "
+                 "that ended with EOS", var(pick="finished_only")),
         _mistake("every EOS among the 2k candidates is set aside as finished, even one ranked "
                  "below the k-th live candidate: go through the candidates best first and stop "
                  "as soon as k live ones are chosen (with beam_size=1, beam search must give "
@@ -1095,8 +1101,9 @@ def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
                  "repeat_interleave(k, dim=0)) to model.decode", var(ignore_mask=True)),
         _mistake(short, var(steps=-1)),
         _mistake(short, shorter),
-        _mistake("the search runs one step too many: max_len counts the tokens generated after "
-                 "BOS, so the steps are t = 1 ... max_len (range(1, max_len + 1))", var(steps=1)),
+        _mistake("the search runs one step too many: max_new_tokens counts the tokens generated "
+                 "after BOS, so the steps are t = 1 ... max_new_tokens (range(1, max_new_tokens + "
+                 "1))", var(steps=1)),
     ]
     if penalty:
         mistakes += [
@@ -1118,15 +1125,16 @@ def _beam_mistakes(penalty: bool = True) -> list[Mistake]:
             _mistake("the running scores are divided by the length penalty at every step, so "
                      "earlier tokens are divided again and again: keep the plain sum of "
                      "log-probabilities in the beam, and divide by lp(|y|) once, when a hypothesis "
-                     "finishes (or at max_len)", var(penalty="each_step")),
+                     "finishes (or at max_new_tokens)", var(penalty="each_step")),
             *[_mistake("the stopping rule underestimates what a live hypothesis can still reach: "
-                       "it may grow to max_len tokens, and lp grows with the length, so its best "
-                       "possible score is its log p / lp(max_len); stop when the best finished "
-                       "score is at least best live log p / lp(max_len)", var(stop=stop))
+                       "it may grow to max_new_tokens tokens, and lp grows with the length, so its "
+                       "best possible score is its log p / lp(max_new_tokens); stop when the best "
+                       "finished score is at least best live log p / lp(max_new_tokens)",
+                       var(stop=stop))
               for stop in ("raw_bound", "bound_t")],
             _mistake("the hypotheses that end with EOS are not divided by the length penalty: "
-                     "score each finished hypothesis log p / lp(|y|), as the live ones at max_len "
-                     "(log p / lp(max_len))", var(penalty="finished_raw")),
+                     "score each finished hypothesis log p / lp(|y|), as the live ones at "
+                     "max_new_tokens (log p / lp(max_new_tokens))", var(penalty="finished_raw")),
         ]
     return mistakes
 
@@ -1140,10 +1148,10 @@ def _beam_cases(g: torch.Generator, penalty: bool = True) -> list[Case]:
     post_ln = _random_transformer(_POST_LN_SEED, norm_first=False)
     pre_ln = _random_transformer(_PRE_LN_SEED, norm_first=True)
 
-    def case(name: str, model: nn.Module, src: Tensor, max_len: int, beam_size: int,
+    def case(name: str, model: nn.Module, src: Tensor, max_new_tokens: int, beam_size: int,
              src_mask: Tensor | None = None, length_alpha: float | None = None) -> Case:
         more = {} if length_alpha is None else {"length_alpha": length_alpha}
-        return _case(name, model, src, max_len, src_mask, beam_size=beam_size, **more)
+        return _case(name, model, src, max_new_tokens, src_mask, beam_size=beam_size, **more)
 
     cases = [
         case("a table model, 3 sources with their own answers (the last one never ends)", three,
@@ -1191,9 +1199,10 @@ def _takes_length_alpha(fn: Callable[..., Any]) -> bool:
 
 @isolated
 def check_beam_search(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(model, src, max_len, bos_id, eos_id, beam_size=4, src_mask=None)``, beam
+    """Check ``fn(model, src, max_new_tokens, bos_id, eos_id, beam_size=4, src_mask=None)``, beam
     search, which returns for each source its best hypothesis as a 1-d tensor of ids
-    (``bos_id`` ... ``eos_id``, or ``max_len`` tokens), as :func:`transformer_lib.beam_search`.
+    (``bos_id`` ... ``eos_id``, or ``max_new_tokens`` tokens), as
+    :func:`transformer_lib.beam_search`.
 
     The models: hand-made table models where greedy decoding misses the most probable
     sequence, batches whose sources need different answers (one never ends), hypotheses that

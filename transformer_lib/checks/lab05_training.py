@@ -327,9 +327,9 @@ class _StepBug:
 _SCALE = 2.0 ** 16  # torch.amp.GradScaler's init_scale
 
 
-def _clip(model: nn.Module, max_norm: float | None) -> None:
-    if max_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+def _clip(model: nn.Module, max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
 
 
 def _micro_batches(batches: Sequence[tuple[Tensor, Tensor]],
@@ -349,7 +349,7 @@ def _micro_batches(batches: Sequence[tuple[Tensor, Tensor]],
 def _train_step_math(model: nn.Module, optimizer: torch.optim.Optimizer,
                      micro_batches: Sequence[tuple[Tensor, Tensor]],
                      dtype: torch.dtype | None = None,
-                     max_norm: float | None = None, *, bug: _StepBug | None = None) -> float:
+                     max_grad_norm: float | None = None, *, bug: _StepBug | None = None) -> float:
     """One update by gradient accumulation, with switches for common mistakes."""
     bug = bug or _StepBug()
     K = len(micro_batches)
@@ -364,7 +364,7 @@ def _train_step_math(model: nn.Module, optimizer: torch.optim.Optimizer,
         if bug.zero == "each":
             optimizer.zero_grad()
         if bug.clip == "before_each" or (bug.clip == "before_last" and number == len(used)):
-            _clip(model, max_norm)
+            _clip(model, max_grad_norm)
         saved = None
         if bug.clip == "each":  # this micro-batch's gradient alone, clipped, then added
             saved = [p.grad for p in params]
@@ -380,7 +380,7 @@ def _train_step_math(model: nn.Module, optimizer: torch.optim.Optimizer,
         divisor = {"K": K, "none": 1, "batch": x.size(0)}[bug.divide]
         (loss / divisor * (_SCALE if bug.scaler else 1.0)).backward()
         if bug.clip in ("each", "running"):
-            _clip(model, max_norm)
+            _clip(model, max_grad_norm)
         if saved is not None:
             for p, g in zip(params, saved):
                 if g is not None:
@@ -390,7 +390,7 @@ def _train_step_math(model: nn.Module, optimizer: torch.optim.Optimizer,
             if bug.step == "each":
                 optimizer.zero_grad()
     if bug.clip == "sum":
-        _clip(model, max_norm)
+        _clip(model, max_grad_norm)
     if bug.scaler == "clip_scaled":  # scaler.step(optimizer) unscales what was clipped scaled
         for p in params:
             if p.grad is not None:
@@ -418,12 +418,12 @@ class _StepCase(Case):
     K: int = 1
     batch: int = 1  # windows per micro-batch
     dtype: torch.dtype | None = None
-    max_norm: float | None = None
+    max_grad_norm: float | None = None
     updates: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)
     template: nn.Module | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        options = {"dtype": self.dtype, "max_norm": self.max_norm}
+        options = {"dtype": self.dtype, "max_grad_norm": self.max_grad_norm}
         return {k: v for k, v in options.items() if v is not None}
 
     def describe(self) -> str:
@@ -485,7 +485,7 @@ def _step_variant(case: _StepCase, bug: _StepBug) -> _StepRun:
     if key not in case.state:
         case.state[key] = _step_run(case, lambda model, optimizer, batches, number:
                                     _train_step_math(model, optimizer, batches, case.dtype,
-                                                     case.max_norm, bug=bug))
+                                                     case.max_grad_norm, bug=bug))
     return case.state[key]
 
 
@@ -505,8 +505,8 @@ def _step_package(case: _StepCase) -> _StepRun:
         with torch.autocast("cpu", dtype=case.dtype, enabled=case.dtype is not None):
             loss = lm_loss(model(x), y)
         loss.backward()
-        if case.max_norm is not None:
-            clip_grad_norm(model.parameters(), case.max_norm)
+        if case.max_grad_norm is not None:
+            clip_grad_norm(model.parameters(), case.max_grad_norm)
         optimizer.step()
         return loss.item()
 
@@ -517,12 +517,13 @@ def _step_cases(g: torch.Generator | None = None) -> list[_StepCase]:
     g = torch.Generator().manual_seed(0) if g is None else g
     V, T = _TINY_GPT["vocab_size"], _TINY_GPT["context_length"]
     cases = [
-        _StepCase("one micro-batch, dtype and max_norm left at their defaults", {}, K=1, batch=4),
+        _StepCase("one micro-batch, dtype and max_grad_norm left at their defaults", {}, K=1,
+                  batch=4),
         _StepCase("two micro-batches", {}, K=2, batch=2),
         _StepCase("four micro-batches", {}, K=4, batch=2),
-        _StepCase("clipping: the gradient's norm is well above max_norm", {}, K=2, batch=2,
-                  max_norm=0.05),
-        _StepCase("clipping, three micro-batches", {}, K=3, batch=2, max_norm=0.1),
+        _StepCase("clipping: the gradient's norm is well above max_grad_norm", {}, K=2, batch=2,
+                  max_grad_norm=0.05),
+        _StepCase("clipping, three micro-batches", {}, K=3, batch=2, max_grad_norm=0.1),
         _StepCase("bfloat16 autocast", {}, K=2, batch=2, dtype=torch.bfloat16),
     ]
     for number, case in enumerate(cases):
@@ -545,8 +546,8 @@ def _step_mistakes() -> list[Mistake]:
                  "one; call it once, after the loop over the micro-batches")
     clip_in_loop = ("the gradient is clipped inside the loop, micro-batch by micro-batch: clip "
                     "once, after all K backward passes, the accumulated gradient (the whole "
-                    "batch's): torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) just "
-                    "before optimizer.step()")
+                    "batch's): torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm) "
+                    "just before optimizer.step()")
     clip_before_last = ("the gradient is clipped before the last micro-batch's backward, so that "
                         "micro-batch's gradient is added after the clipping, unclipped: clip once, "
                         "after all K backward passes, just before optimizer.step()")
@@ -583,9 +584,9 @@ def _step_mistakes() -> list[Mistake]:
         _step_mistake(clip_in_loop, _StepBug(clip="running")),
         _step_mistake(clip_before_last, _StepBug(clip="before_last")),
         _step_mistake(clip_before_last, _StepBug(clip="before_each")),
-        _step_mistake("max_norm is ignored, or the clipping has no effect: clip the gradient after "
-                      "all the backward passes and before optimizer.step() (before the backward "
-                      "passes there is nothing to clip; after step it is too late)",
+        _step_mistake("max_grad_norm is ignored, or the clipping has no effect: clip the gradient "
+                      "after all the backward passes and before optimizer.step() (before the "
+                      "backward passes there is nothing to clip; after step it is too late)",
                       _StepBug(clip="none")),
         _step_mistake("the gradient is clipped while the GradScaler's scale still multiplies it, "
                       "so the clipping shrinks it far too much: call scaler.unscale_(optimizer) "
@@ -698,15 +699,15 @@ def _step_param_diff(got: Tensor, want: Tensor, start: Tensor, model: nn.Module,
 
 @isolated_training
 def check_train_step(fn: Callable[..., Any], *, seed: int = 0) -> None:
-    """Check ``fn(model, optimizer, micro_batches, dtype=None, max_norm=None) -> float``: one
+    """Check ``fn(model, optimizer, micro_batches, dtype=None, max_grad_norm=None) -> float``: one
     optimizer update by gradient accumulation over ``micro_batches = [(x, y), ...]`` (K pairs of
     ``(B, T)`` token ids). For each micro-batch: the forward pass under
     ``torch.autocast(device_type=x.device.type, dtype=dtype)`` if ``dtype`` is not None (no
     autocast otherwise), ``loss = lm_loss(model(x), y) / K``, ``loss.backward()``; then, if
-    ``max_norm`` is given, the global gradient norm clipped to it, once; ``optimizer.step()``; the
-    gradients set to zero (before the first backward or after the step). It returns the mean of
-    the K micro-batch losses (the loss of the whole batch) as a Python float (``.item()``): a
-    tensor is rejected.
+    ``max_grad_norm`` is given, the global gradient norm clipped to it, once;
+    ``optimizer.step()``; the gradients set to zero (before the first backward or after the
+    step). It returns the mean of the K micro-batch losses (the loss of the whole batch) as a
+    Python float (``.item()``): a tensor is rejected.
 
     The cases: a tiny :class:`transformer_lib.GPT` trained by plain SGD (whose update shows the
     gradient's scale, which AdamW would hide), two updates in a row on the same model (gradients
