@@ -5,6 +5,12 @@ from types import ModuleType
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and machine (a failure reproduces), keep no
+# example database in the checkout, and have no per-example deadline (CI machines are slow).
+settings.register_profile("book", derandomize=True, database=None, deadline=None)
+settings.load_profile("book")
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 

@@ -98,6 +98,9 @@ CASES = {
     ("draw_kv_cache", "4 cached"): lambda: viz.draw_kv_cache(),
     ("draw_kv_cache", "1 cached"): lambda: viz.draw_kv_cache(1),
     ("draw_kv_cache", "cross-attention"): lambda: viz.draw_kv_cache(99, cross_attention=True),
+    ("plot_tokens", "lines"): lambda: viz.plot_tokens(
+        [["    ", " def", " __", "init", "__(", "self", "):", "\n"] * 4, ["x", " =", " 1"]],
+        labels=["32 tokens", "3 tokens"], title="Held-out lines in 1,024 tokens"),
 }
 
 

@@ -64,6 +64,17 @@ from transformer_lib.gpt import (
 from transformer_lib.interop import from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention, merge_heads, split_heads
+from transformer_lib.tokenization import (
+    SPLIT_PATTERN,
+    BPETokenizer,
+    bytes_to_text,
+    encode_piece,
+    merge_pair,
+    pair_counts,
+    pretokenize,
+    text_to_bytes,
+    train_merges,
+)
 from transformer_lib.training import (
     CheckpointError,
     Trainer,
@@ -160,5 +171,14 @@ __all__ = [
     'KVCache',
     'forward_with_cache',
     'generate',
+    'pair_counts',
+    'merge_pair',
+    'SPLIT_PATTERN',
+    'pretokenize',
+    'train_merges',
+    'encode_piece',
+    'text_to_bytes',
+    'bytes_to_text',
+    'BPETokenizer',
     'from_torch',
 ]

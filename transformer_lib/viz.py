@@ -32,7 +32,7 @@ __all__ = ["MAX_WIDTH", "SMALL", "DIAGRAM_COLORS",
            "plot_position_similarity", "plot_rotating_pairs", "plot_heads", "plot_head_and_query",
            "plot_decoder_attention",
            "draw_encoder_layer", "draw_decoder_layer", "draw_pre_post_ln", "draw_encoder_decoder",
-           "draw_kv_cache"]
+           "draw_kv_cache", "plot_tokens"]
 
 #: The widest figure, in inches, that the book shows unscaled: the 688 px content column at
 #: 100 dpi, less the 0.1 in that the inline backend's tight crop adds on each side.
@@ -1109,3 +1109,72 @@ def draw_kv_cache(cached: int = 4, cross_attention: bool = False) -> Figure:
                           f"Decoding token {t + 1} with a KV cache (one attention layer)",
                           "one position passes through the layer; the cache grows by one") + 0.05
     return _finish(fig, ax, MAX_WIDTH, height)
+
+
+# --- tokens (chapter 9) ---------------------------------------------------------------------------
+
+_SHOWN = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u2192"}  # a space, a newline, a tab: visible
+
+
+def plot_tokens(lines: Sequence[Sequence[str]], labels: Sequence[str] | None = None,
+                title: str | None = None, fontsize: float = 9) -> Figure:
+    """Show how texts split into tokens: one row of boxes per text, one box per token.
+
+    Neighbouring tokens alternate colours; a space is drawn as ``·``, a newline as ``↵`` and a
+    tab as ``→``, so that where a token starts and ends is visible. Rows longer than
+    :data:`MAX_WIDTH` wrap.
+
+    Args:
+        lines: for each text, its tokens as strings (e.g. ``[tok.decode([i]) for i in ids]``).
+        labels: a short label per text, drawn above its row (e.g. the token count).
+        title: the figure's title.
+        fontsize: the tokens' font size in points (at least :data:`SMALL`).
+
+    Returns:
+        The figure.
+    """
+    if not lines:
+        raise ValueError("lines must hold at least one text's tokens")
+    _check_labels(labels, len(lines), "lines")
+    if fontsize < SMALL:
+        raise ValueError(f"fontsize must be >= SMALL = {SMALL}, got {fontsize!r}")
+    char_w, pad, row_h = 0.6 * fontsize / 72, 0.05, 0.3  # monospace: a character's width
+    rows: list[tuple[str | None, list[tuple[float, float, str, int]]]] = []
+    for n, tokens in enumerate(lines):
+        x, row = 0.0, []
+        rows.append((labels[n] if labels else None, row))
+        for i, token in enumerate(tokens):
+            shown = "".join(_SHOWN.get(c, c) for c in str(token)) or "\u2205"
+            w = len(shown) * char_w + 2 * pad
+            if x + w > MAX_WIDTH - 0.1 and row:  # wrap: a new row of the same text
+                x, row = 0.0, []
+                rows.append((None, row))
+            row.append((x, w, shown, i))
+            x += w + 0.02
+    height = sum(row_h + (0.22 if label else 0.0) for label, _ in rows) + (0.4 if title else 0.1)
+    fig = Figure(figsize=(MAX_WIDTH, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, MAX_WIDTH)
+    ax.set_ylim(0, height)
+    ax.set_axis_off()
+    y = height - (0.4 if title else 0.1)
+    if title:
+        ax.text(MAX_WIDTH / 2, height - 0.2, title, ha="center", va="center", fontsize=11)
+    colors = ("#cfe3f7", "#fde2c4")
+    for label, row in rows:
+        if label:
+            y -= 0.22
+            ax.text(0.0, y + 0.08, label, fontsize=SMALL, color="#444444", va="center")
+        y -= row_h
+        for x, w, shown, i in row:
+            ax.add_patch(_rectangle((x, y + 0.03), w, row_h - 0.06, colors[i % 2]))
+            ax.text(x + pad, y + row_h / 2, shown, fontsize=fontsize, family="monospace",
+                    va="center", ha="left")
+    return fig
+
+
+def _rectangle(xy: tuple[float, float], w: float, h: float, color: str):
+    from matplotlib.patches import FancyBboxPatch
+
+    return FancyBboxPatch(xy, w, h, boxstyle="round,pad=0,rounding_size=0.03", fc=color,
+                          ec="#888888", lw=0.5)
