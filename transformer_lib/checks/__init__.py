@@ -4,17 +4,19 @@ on failure names the likely mistake.
 Hand-written (not generated from a chapter). One engine (``engine.py``: cases, comparisons,
 diffs, known mistakes and their diagnosis, calling the learner's code) and one module per lab:
 
-=====================  =============================================================
-``lab01_attention``    ``check_attention``, ``check_causal_mask``, ``check_padding_mask``
-``lab02_multihead``    ``check_split_heads``, ``check_merge_heads``, ``check_multi_head_attention``
-``lab03_layers``       ``check_feed_forward``, ``check_sublayer_connection``,
-                       ``check_encoder_layer``, ``check_decoder_layer``
-``lab04_decoding``     ``check_greedy_decode``, ``check_sequence_log_prob``,
-                       ``check_top_candidates``, ``check_beam_search`` (on the table models
-                       of ``tables``, whose answers are known)
-``lab05_training``     ``check_flops_per_token``, ``check_train_step``, ``check_lr_schedule``,
-                       ``check_resume``
-=====================  =============================================================
+======================  =============================================================
+``lab01_attention``     ``check_attention``, ``check_causal_mask``, ``check_padding_mask``
+``lab02_multihead``     ``check_split_heads``, ``check_merge_heads``, ``check_multi_head_attention``
+``lab03_layers``        ``check_feed_forward``, ``check_sublayer_connection``,
+                        ``check_encoder_layer``, ``check_decoder_layer``
+``lab04_decoding``      ``check_greedy_decode``, ``check_sequence_log_prob``,
+                        ``check_top_candidates``, ``check_beam_search`` (on the table models
+                        of ``tables``, whose answers are known)
+``lab05_training``      ``check_flops_per_token``, ``check_train_step``, ``check_lr_schedule``,
+                        ``check_resume``
+``lab06_tokenization``  ``check_pair_counts``, ``check_merge_pair``, ``check_train_merges``,
+                        ``check_encode``, ``check_decode``
+======================  =============================================================
 
 Use them as ``from transformer_lib import checks; checks.check_attention(my_attention)``. In a
 notebook, a failed check shows its message first and, of the traceback, only the line of the cell
@@ -50,6 +52,13 @@ from transformer_lib.checks.lab05_training import (
     check_resume,
     check_train_step,
 )
+from transformer_lib.checks.lab06_tokenization import (
+    check_decode,
+    check_encode,
+    check_merge_pair,
+    check_pair_counts,
+    check_train_merges,
+)
 
 install_notebook_display()
 
@@ -72,4 +81,9 @@ __all__ = [
     "check_train_step",
     "check_lr_schedule",
     "check_resume",
+    "check_pair_counts",
+    "check_merge_pair",
+    "check_train_merges",
+    "check_encode",
+    "check_decode",
 ]
