@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["check_layer_norm_eps", "check_mask", "check_positive_ints", "check_probability",
-           "renamed_keyword"]
+           "check_sequences", "renamed_keyword"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,6 +55,18 @@ def check_positive_ints(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_sequences(d_model: int, **tensors: tuple[object, str]) -> None:
+    """Each keyword names a ``(tensor, shape)`` pair: the tensor is a ``torch.Tensor`` of that
+    shape, written like ``"(B, T, D)"``, whose last size is ``D = d_model``."""
+    for name, (t, shape) in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, "
+                            f"got {type(t).__name__}")
+        if t.dim() != 3 or t.size(-1) != d_model:
+            raise ValueError(f"{name} must have shape {shape} with D = d_model = {d_model}, "
+                             f"got shape {tuple(t.shape)}")
 
 
 def check_probability(name: str, value: float) -> None:

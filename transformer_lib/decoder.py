@@ -16,6 +16,7 @@ from transformer_lib._validate import (
     check_mask,
     check_positive_ints,
     check_probability,
+    check_sequences,
 )
 
 # Chapter 4's pieces: the feed-forward network, the residual + norm wrapper, the attention
@@ -124,13 +125,7 @@ def _check_decoder_inputs(x: Tensor, memory: Tensor, self_mask: Tensor | None,
                           memory_mask: Tensor | None, attention: MultiHeadAttention,
                           cached: int = 0) -> None:
     d_model, num_heads = attention.d_model, attention.num_heads
-    for name, t, shape in (("x", x, "(B, T, D)"), ("memory", memory, "(B, S, D)")):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, "
-                            f"got {type(t).__name__}")
-        if t.dim() != 3 or t.size(-1) != d_model:
-            raise ValueError(f"{name} must have shape {shape} with D = d_model = {d_model}, "
-                             f"got shape {tuple(t.shape)}")
+    check_sequences(d_model, x=(x, "(B, T, D)"), memory=(memory, "(B, S, D)"))
     if memory.size(0) != x.size(0):
         raise ValueError(f"memory must have x's batch size B = {x.size(0)} "
                          f"(one source per target), got memory {tuple(memory.shape)} and x "

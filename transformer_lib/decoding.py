@@ -147,6 +147,51 @@ class _Finished:
     tokens: Tensor
 
 
+def _beam_step(log_probs: Tensor, next_log_probs: Tensor, tokens: Tensor, t: int, eos_id: int,
+               length_alpha: float, best_possible: float, finished: list[list[_Finished]],
+               active: list[bool]) -> tuple[list[int], list[int], Tensor]:
+    """Step ``t`` of :func:`beam_search` for every source: extend each hypothesis with every
+    token, set aside the extensions that end with EOS (in ``finished``), keep the ``k`` best
+    others, and mark a source inactive once no live hypothesis can beat its best finished one.
+
+    ``log_probs`` is ``(B, k)``, ``next_log_probs`` ``(B, k, V)``, ``tokens`` ``(B * k, t)``.
+    Returns the ``B * k`` rows to keep (a row may repeat), the token each appends, and their
+    log-probabilities ``(B, k)``; a source with fewer than ``k`` live extensions is padded with
+    dead rows (``-inf``).
+    """
+    B, k, V = next_log_probs.shape
+    candidates = (log_probs[:, :, None] + next_log_probs).view(B, k * V)  # (B, k * V)
+    top_scores, top_index = candidates.topk(min(2 * k, k * V), dim=-1)  # (B, 2k)
+    keep_rows, keep_tokens = [], []
+    new_log_probs = torch.full((B, k), float("-inf"), device=log_probs.device)
+    for b in range(B):
+        chosen = 0
+        for score, index in zip(top_scores[b].tolist(), top_index[b].tolist()):
+            if not active[b] or chosen == k or score == float("-inf"):
+                break
+            beam, token = divmod(index, V)
+            row = b * k + beam
+            if token == eos_id:  # set aside; it no longer competes for a place in the beam
+                ended = torch.cat([tokens[row], tokens.new_tensor([eos_id])])
+                finished[b].append(_Finished(score / length_penalty(t, length_alpha), score,
+                                             ended))
+                continue
+            keep_rows.append(row)
+            keep_tokens.append(token)
+            new_log_probs[b, chosen] = score
+            chosen += 1
+        while chosen < k:  # fewer than k live extensions: pad with dead rows
+            keep_rows.append(b * k)
+            keep_tokens.append(eos_id)
+            chosen += 1
+        if active[b] and finished[b]:
+            best_finished = max(f.score for f in finished[b])
+            best_live = new_log_probs[b].max().item() / best_possible
+            if best_finished >= best_live:
+                active[b] = False
+    return keep_rows, keep_tokens, new_log_probs
+
+
 @renamed_keyword(max_len="max_new_tokens")  # its old name still works, with a warning
 @torch.no_grad()
 def beam_search(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
@@ -198,36 +243,9 @@ def beam_search(model: nn.Module, src: Tensor, max_new_tokens: int, bos_id: int,
 
     for t in range(1, max_new_tokens + 1):
         next_log_probs = step(tokens).view(B, k, -1)  # (B * k, V) -> (B, k, V)
-        V = next_log_probs.size(-1)
-        candidates = (log_probs[:, :, None] + next_log_probs).view(B, k * V)  # (B, k * V)
-        top_scores, top_index = candidates.topk(min(2 * k, k * V), dim=-1)  # (B, 2k)
-        keep_rows, keep_tokens = [], []
-        new_log_probs = torch.full((B, k), float("-inf"), device=device)
-        for b in range(B):
-            chosen = 0
-            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist()):
-                if not active[b] or chosen == k or score == float("-inf"):
-                    break
-                beam, token = divmod(index, V)
-                row = b * k + beam
-                if token == eos_id:  # set aside; it no longer competes for a place in the beam
-                    ended = torch.cat([tokens[row], tokens.new_tensor([eos_id])])
-                    finished[b].append(_Finished(score / length_penalty(t, length_alpha), score,
-                                                 ended))
-                    continue
-                keep_rows.append(row)
-                keep_tokens.append(token)
-                new_log_probs[b, chosen] = score
-                chosen += 1
-            while chosen < k:  # fewer than k live extensions: pad with dead rows
-                keep_rows.append(b * k)
-                keep_tokens.append(eos_id)
-                chosen += 1
-            if active[b] and finished[b]:
-                best_finished = max(f.score for f in finished[b])
-                best_live = new_log_probs[b].max().item() / best_possible
-                if best_finished >= best_live:
-                    active[b] = False
+        keep_rows, keep_tokens, new_log_probs = _beam_step(
+            log_probs, next_log_probs, tokens, t, eos_id, length_alpha, best_possible, finished,
+            active)
         if not any(active):
             break
         index = torch.tensor(keep_rows, device=device)

@@ -157,6 +157,41 @@ class GPTConfig:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
 
 
+def _init_gpt2(model: nn.Module, blocks: Encoder, num_layers: int) -> None:
+    """GPT-2's initialization, as nanoGPT and Hugging Face write it: every weight matrix and
+    embedding from N(0, 0.02²), biases zero, LayerNorms reset, and the two projections of each
+    block that add to the residual stream with standard deviation 0.02 / sqrt(2N)."""
+    std = 0.02
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+    for layer in blocks.layers:  # the projections that add to the residual stream
+        for linear in (layer.self_attn.out_proj, layer.ffn.linear2):
+            nn.init.normal_(linear.weight, std=std / math.sqrt(2 * num_layers))
+
+
+def _check_idx(idx: Tensor, vocab_size: int, limit: int | None = None, why: str = "") -> None:
+    if not isinstance(idx, Tensor):
+        raise TypeError(f"idx must be a (B, T) tensor of token ids, got {type(idx).__name__}")
+    if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.is_complex() \
+            or idx.dtype == torch.bool:
+        raise ValueError(f"idx must be a (B, T) tensor of integer token ids with T >= 1, "
+                         f"got {idx.dtype} {tuple(idx.shape)}")
+    if limit is not None and idx.size(1) > limit:
+        raise ValueError(f"idx has T={idx.size(1)} tokens, more than the model can see: "
+                         f"{limit}{why}; crop it, e.g. idx[:, -context_length:]")
+    if torch.compiler.is_compiling():  # reading values would split the compiled graph
+        return
+    low, high = int(idx.min()), int(idx.max())  # on a GPU, a wait for the device
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"idx holds ids outside the vocabulary [0, {vocab_size}): "
+                         f"min {low}, max {high}")
+
+
 class GPT(nn.Module):
     r"""A decoder-only language model in the style of GPT-2.
 
@@ -201,17 +236,7 @@ class GPT(nn.Module):
 
     def reset_parameters(self) -> None:
         """nanoGPT's and Hugging Face's GPT-2 initialization (see the class docstring)."""
-        std = 0.02
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
-        for layer in self.blocks.layers:  # the projections that add to the residual stream
-            for linear in (layer.self_attn.out_proj, layer.ffn.linear2):
-                nn.init.normal_(linear.weight, std=std / math.sqrt(2 * self.config.num_layers))
+        _init_gpt2(self, self.blocks, self.config.num_layers)
 
     def forward(self, idx: Tensor, *, cache: KVCache | None = None) -> Tensor:
         """Next-token logits at every position.
@@ -226,8 +251,8 @@ class GPT(nn.Module):
             ``(B, T, V)``: ``logits[:, t]`` scores the token after ``idx[:, :t + 1]``.
         """
         C, t = self.config.context_length, 0 if cache is None else cache.length
-        self._check_idx(idx, C - t, " = context_length" if cache is None else
-                        f" = context_length {C} - {t} cached")
+        _check_idx(idx, self.config.vocab_size, C - t, " = context_length" if cache is None
+                   else f" = context_length {C} - {t} cached")
         if cache is not None and idx.size(0) != cache.batch_size:
             raise ValueError(f"idx has batch size {idx.size(0)} but the cache was made for "
                              f"batch_size={cache.batch_size}")
@@ -264,23 +289,6 @@ class GPT(nn.Module):
         """
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache,
                         generator)
-
-    def _check_idx(self, idx: Tensor, limit: int | None = None, why: str = "") -> None:
-        if not isinstance(idx, Tensor):
-            raise TypeError(f"idx must be a (B, T) tensor of token ids, got {type(idx).__name__}")
-        if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.is_complex() \
-                or idx.dtype == torch.bool:
-            raise ValueError(f"idx must be a (B, T) tensor of integer token ids with T >= 1, "
-                             f"got {idx.dtype} {tuple(idx.shape)}")
-        if limit is not None and idx.size(1) > limit:
-            raise ValueError(f"idx has T={idx.size(1)} tokens, more than the model can see: "
-                             f"{limit}{why}; crop it, e.g. idx[:, -context_length:]")
-        if torch.compiler.is_compiling():  # reading values would split the compiled graph
-            return
-        low, high = int(idx.min()), int(idx.max())  # on a GPU, a wait for the device
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"idx holds ids outside the vocabulary [0, {self.config.vocab_size}): "
-                             f"min {low}, max {high}")
 
 
 def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
@@ -502,7 +510,7 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, temperature: float = 
     each step recomputes the whole window, as without the cache. The tokens are the same either
     way, up to float rounding (which can decide only near-ties).
     """
-    model._check_idx(idx)
+    _check_idx(idx, model.config.vocab_size)
     if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
             or max_new_tokens < 0):
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")

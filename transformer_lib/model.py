@@ -74,6 +74,36 @@ class TransformerConfig:
                              f"got {self.pad_id!r}")
 
 
+def _positional_encoding(c: TransformerConfig) -> nn.Module:
+    """One side's positions, with the embedding dropout: sinusoidal or learned, as ``c`` says."""
+    if c.positions == "learned":
+        return LearnedPositionalEmbedding(c.max_len, c.d_model, dropout=c.dropout)
+    return SinusoidalPositionalEncoding(c.d_model, max_len=c.max_len, dropout=c.dropout)
+
+
+def _check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"{name} must be a (B, length) tensor of integer token "
+                         f"ids, got {shape}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        bad = tokens[(tokens < 0) | (tokens >= vocab_size)][0].item()
+        raise ValueError(f"{name} contains the id {bad}, "
+                         f"outside the vocabulary [0, {vocab_size})")
+
+
+def _init_stack(stack: nn.Module) -> None:
+    """The initialization of an encoder or decoder stack: Xavier-uniform weight matrices, zero
+    biases, LayerNorm gains at one."""
+    for name, p in stack.named_parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.ones_(p)  # LayerNorm gains
+
+
 class Transformer(nn.Module):
     r"""The encoder-decoder transformer: embeddings, positions, encoder, decoder, projection.
 
@@ -100,8 +130,8 @@ class Transformer(nn.Module):
         self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.tgt_embed = (self.src_embed if c.share_embeddings else
                           TokenEmbedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id))
-        self.src_positions = self._positions()
-        self.tgt_positions = self._positions()
+        self.src_positions = _positional_encoding(c)
+        self.tgt_positions = _positional_encoding(c)
         layers = dict(d_model=c.d_model, num_heads=c.num_heads, d_ff=c.d_ff, dropout=c.dropout,
                       activation=c.activation, norm_first=c.norm_first,
                       layer_norm_eps=c.layer_norm_eps)
@@ -112,23 +142,11 @@ class Transformer(nn.Module):
         if c.tie_output:
             self.out_proj.weight = self.tgt_embed.weight  # one (V, D) matrix, two uses
 
-    def _positions(self) -> nn.Module:
-        c = self.config
-        if c.positions == "learned":
-            return LearnedPositionalEmbedding(c.max_len, c.d_model, dropout=c.dropout)
-        return SinusoidalPositionalEncoding(c.d_model, max_len=c.max_len, dropout=c.dropout)
-
     def reset_parameters(self) -> None:
         """Xavier-uniform weight matrices in the stacks (and an untied output projection), zero
         biases, LayerNorms at (1, 0), embeddings N(0, 1/D)."""
         for stack in (self.encoder, self.decoder):
-            for name, p in stack.named_parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
-                elif name.endswith("bias"):
-                    nn.init.zeros_(p)
-                else:
-                    nn.init.ones_(p)  # LayerNorm gains
+            _init_stack(stack)
         for embed in (self.src_embed, self.tgt_embed):
             embed.reset_parameters()
         for positions in (self.src_positions, self.tgt_positions):
@@ -137,16 +155,6 @@ class Transformer(nn.Module):
         if not self.config.tie_output:
             nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
-
-    def _check_tokens(self, name: str, tokens: Tensor, vocab_size: int) -> None:
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a (B, length) tensor of integer token "
-                             f"ids, got {shape}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
-            bad = tokens[(tokens < 0) | (tokens >= vocab_size)][0].item()
-            raise ValueError(f"{name} contains the id {bad}, "
-                             f"outside the vocabulary [0, {vocab_size})")
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Encode source tokens.
@@ -159,7 +167,7 @@ class Transformer(nn.Module):
         Returns:
             memory ``(B, S, D)``.
         """
-        self._check_tokens("src", src, self.config.src_vocab_size)
+        _check_tokens("src", src, self.config.src_vocab_size)
         x = self.src_positions(self.src_embed(src))  # (B, S) -> (B, S, D)
         return self.encoder(x, src_mask)
 
@@ -190,7 +198,7 @@ class Transformer(nn.Module):
             logits ``(B, T, V_tgt)``: position ``t`` scores the token that follows ``tgt[:, t]``;
             with ``need_weights=True``, the pair ``(logits, weights)``.
         """
-        self._check_tokens("tgt", tgt, self.config.tgt_vocab_size)
+        _check_tokens("tgt", tgt, self.config.tgt_vocab_size)
         start = 0 if cache is None else cache[0].self_attn.length  # positions decoded before tgt
         if tgt_mask is None and (cache is None or tgt.size(1) > 1):  # (one new token sees all)
             # position start + i sees the positions up to itself

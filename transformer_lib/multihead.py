@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # the argument checks that several modules share, one message per mistake
-from transformer_lib._validate import check_mask, check_positive_ints, check_probability
+from transformer_lib._validate import (
+    check_mask,
+    check_positive_ints,
+    check_probability,
+    check_sequences,
+)
 
 # Chapter 1's function is the readable path.
 from transformer_lib.attention import causal_mask, scaled_dot_product_attention
@@ -64,6 +69,34 @@ def _fast_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask | ~has_key,
                                          dropout_p=dropout_p)
     return out.masked_fill(~has_key, 0.0)
+
+
+def _check_mha_inputs(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                      is_causal: bool, d_model: int, dtype: torch.dtype) -> None:
+    check_sequences(d_model, query=(query, "(B, T, D)"), key=(key, "(B, S, D)"),
+                    value=(value, "(B, S, D)"))
+    if key.size(1) != value.size(1):
+        raise ValueError(f"key and value must have the same length S (one value per key), got "
+                         f"key {tuple(key.shape)} and value {tuple(value.shape)}")
+    if not query.size(0) == key.size(0) == value.size(0):
+        raise ValueError(f"query, key and value must have the same batch size B, got "
+                         f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}")
+    if not torch.is_autocast_enabled(query.device.type):  # autocast picks each product's dtype
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dtype != dtype:
+                raise ValueError(f"{name} must have the dtype of the layer's weights, "
+                                 f"{dtype}, got {t.dtype}: "
+                                 f"convert the input with .to({dtype}) or the layer with "
+                                 f".to({t.dtype})")
+    T = query.size(1)
+    if is_causal:
+        if mask is not None:
+            raise ValueError("pass mask or is_causal=True, not both: is_causal=True means "
+                             "mask=causal_mask(T); to add padding, pass "
+                             "mask=causal_mask(T) & padding_mask(tokens, pad_id)")
+        if key.size(1) != T:
+            raise ValueError(f"is_causal=True needs as many keys as queries (self-attention, "
+                             f"T == S), got T={T} queries and S={key.size(1)} keys")
 
 
 class MultiHeadAttention(nn.Module):
@@ -146,16 +179,9 @@ class MultiHeadAttention(nn.Module):
             The output ``(B, T, D)``; with ``need_weights=True``, the pair
             ``(output, weights)`` with weights ``(B, H, T, S)`` (after dropout, if any).
         """
-        self._check_inputs(query, key, value)
+        _check_mha_inputs(query, key, value, mask, is_causal, self.d_model,
+                          self.q_proj.weight.dtype)
         B, T, _ = query.shape
-        if is_causal:
-            if mask is not None:
-                raise ValueError("pass mask or is_causal=True, not both: is_causal=True means "
-                                 "mask=causal_mask(T); to add padding, pass "
-                                 "mask=causal_mask(T) & padding_mask(tokens, pad_id)")
-            if key.size(1) != T:
-                raise ValueError(f"is_causal=True needs as many keys as queries (self-attention, "
-                                 f"T == S), got T={T} queries and S={key.size(1)} keys")
         q = split_heads(self.q_proj(query), self.num_heads)  # (B, T, D) -> (B, H, T, Dh)
         if cache is not None and cache.cross and cache.length > 0:
             # (B, H, S, Dh): the memory's, projected at the first call
@@ -182,30 +208,6 @@ class MultiHeadAttention(nn.Module):
             heads = _fast_attention(q, k, v, mask, dropout_p, is_causal)  # (B, H, T, Dh)
         out = self.out_proj(merge_heads(heads))  # (B, H, T, Dh) -> (B, T, D) -> (B, T, D)
         return (out, weights) if need_weights else out
-
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
-        for name, t, length in (("query", query, "T"), ("key", key, "S"), ("value", value, "S")):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor of shape (B, {length}, D), "
-                                f"got {type(t).__name__}")
-            if t.dim() != 3 or t.size(-1) != self.d_model:
-                raise ValueError(f"{name} must have shape (B, {length}, D) with D = d_model = "
-                                 f"{self.d_model}, got shape {tuple(t.shape)}")
-        if key.size(1) != value.size(1):
-            raise ValueError(f"key and value must have the same length S (one value per key), got "
-                             f"key {tuple(key.shape)} and value {tuple(value.shape)}")
-        if not query.size(0) == key.size(0) == value.size(0):
-            raise ValueError(f"query, key and value must have the same batch size B, got "
-                             f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}")
-        weight = self.q_proj.weight
-        if torch.is_autocast_enabled(query.device.type):
-            return  # autocast picks each product's dtype itself
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if t.dtype != weight.dtype:
-                raise ValueError(f"{name} must have the dtype of the layer's weights, "
-                                 f"{weight.dtype}, got {t.dtype}: "
-                                 f"convert the input with .to({weight.dtype}) or the layer with "
-                                 f".to({t.dtype})")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}"

@@ -19,7 +19,7 @@ import pickle
 import shutil
 import sys
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +458,104 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Trainer:
+def _epoch_batches(loader: Iterable[Any], epoch: int, skip: int) -> Iterator[Any]:
+    """The batches of epoch ``epoch`` (from 0) in that epoch's order, less the first ``skip``,
+    which a resumed epoch already used, with the random numbers of an uninterrupted epoch."""
+    for holder in (loader, getattr(loader, "sampler", None),
+                   getattr(loader, "batch_sampler", None)):
+        if hasattr(holder, "set_epoch"):
+            holder.set_epoch(epoch)
+    rng = _rng_state()
+    batches = iter(loader)  # a DataLoader draws a seed from the generator here
+    for _ in range(skip):  # a resumed epoch: skip the batches already used
+        next(batches)
+    if skip > 0:
+        _set_rng_state(rng)  # as if the epoch had never been interrupted
+    return batches
+
+
+def _progress_bar(loader: Iterable[Any], epochs: int | None, max_steps: int | None,
+                  initial: int, enabled: bool) -> tqdm:
+    """A ``tqdm`` bar counting steps from ``initial`` to the first limit ``fit`` will reach."""
+    limits = [max_steps] if max_steps is not None else []
+    if epochs is not None and hasattr(loader, "__len__"):
+        limits.append(epochs * len(loader))
+    return tqdm(total=min(limits) if limits else None, initial=initial, unit="step",
+                disable=not enabled, mininterval=1.0,
+                file=progress_file() if enabled else sys.stderr)
+
+
+def _check_trainer_args(patience: int | None, max_grad_norm: float | None, mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
+                                 or patience < 1):
+        raise ValueError(f"patience must be None or a positive int, got {patience!r}")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+
+
+def _check_fit_args(epochs: int | None, max_steps: int | None) -> None:
+    if epochs is None and max_steps is None:
+        raise ValueError("give epochs, max_steps or both")
+    for name, value in (("epochs", epochs), ("max_steps", max_steps)):
+        if (value is not None
+                and (isinstance(value, bool) or not isinstance(value, int) or value < 0)):
+            raise ValueError(f"{name} must be None or a non-negative int, got {value!r}")
+
+
+class _TrainerState:
+    """What a run records and a checkpoint restores: the step and epoch counters, the history,
+    and the early-stopping state (``patience``, ``monitor``, ``mode``: as for :class:`Trainer`)."""
+
+    def __init__(self, patience: int | None, monitor: str, mode: str) -> None:
+        self.patience, self.monitor, self.mode = patience, monitor, mode
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.history: dict[str, dict[str, list]] = {
+            "train": {"step": [], "loss": [], "lr": [], "grad_norm": []},
+            "valid": {"epoch": [], "step": []},
+        }
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.stopped_early = False
+
+    def _record_epoch(self, results: dict[str, float]) -> None:
+        """Count a finished epoch, record its validation ``results``, update early stopping."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        valid = self.history["valid"]
+        valid["epoch"].append(self.epoch)
+        valid["step"].append(self.step)
+        for key, value in results.items():
+            valid.setdefault(key, []).append(value)
+        if self.patience is None and self.monitor not in results:
+            return
+        if self.monitor not in results:
+            raise ValueError(f"monitor {self.monitor!r} is not among the validation results "
+                             f"{sorted(results)}")
+        value = results[self.monitor]
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best, self.best_epoch = value, self.epoch
+        elif self.patience is not None and self.epoch - self.best_epoch >= self.patience:
+            self.stopped_early = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, history, early-stopping state and RNG states: what resuming needs beyond
+        the model and the optimizer."""
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "history": copy.deepcopy(self.history), "best": self.best,
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                "rng": _rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s counters, history and RNG states."""
+        for key in ("step", "epoch", "batch_in_epoch", "best", "best_epoch", "stopped_early"):
+            setattr(self, key, state[key])
+        self.history = copy.deepcopy(state["history"])
+        _set_rng_state(state["rng"])
+
+
+class Trainer(_TrainerState):
     """Train a model with any loss: schedule, clipping, validation, history, early stopping.
 
     Args:
@@ -498,30 +595,16 @@ class Trainer:
                  schedule: Callable[[int], float] | None = None, max_grad_norm: float | None = None,
                  patience: int | None = None, monitor: str = "loss", mode: str = "min",
                  progress: bool = True) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
-                                     or patience < 1):
-            raise ValueError(f"patience must be None or a positive int, got {patience!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+        _check_trainer_args(patience, max_grad_norm, mode)
+        super().__init__(patience, monitor, mode)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_loader, self.valid_loader, self.metrics_fn = (train_loader, valid_loader,
                                                                  metrics_fn)
-        self.schedule, self.max_grad_norm = schedule, max_grad_norm
-        self.patience, self.monitor, self.mode, self.progress = patience, monitor, mode, progress
+        self.schedule, self.max_grad_norm, self.progress = schedule, max_grad_norm, progress
         self.device = next(model.parameters()).device
         for group in optimizer.param_groups:
             # the peak rate, kept in the optimizer's state
             group.setdefault("initial_lr", group["lr"])
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.history: dict[str, dict[str, list]] = {
-            "train": {"step": [], "loss": [], "lr": [], "grad_norm": []},
-            "valid": {"epoch": [], "step": []},
-        }
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.stopped_early = False
 
     def train_step(self, batch: Any) -> float:
         """One update on ``batch``; returns its loss."""
@@ -564,32 +647,11 @@ class Trainer:
         Returns:
             :attr:`history`.
         """
-        if epochs is None and max_steps is None:
-            raise ValueError("give epochs, max_steps or both")
-        for name, value in (("epochs", epochs), ("max_steps", max_steps)):
-            if (value is not None
-                    and (isinstance(value, bool) or not isinstance(value, int) or value < 0)):
-                raise ValueError(f"{name} must be None or a non-negative int, got {value!r}")
-        limits = [max_steps] if max_steps is not None else []
-        if epochs is not None and hasattr(self.train_loader, "__len__"):
-            limits.append(epochs * len(self.train_loader))
-        bar = tqdm(total=min(limits) if limits else None, initial=self.step, unit="step",
-                   disable=not self.progress, mininterval=1.0,
-                   file=progress_file() if self.progress else sys.stderr)
+        _check_fit_args(epochs, max_steps)
+        bar = _progress_bar(self.train_loader, epochs, max_steps, self.step, self.progress)
         while (not self.stopped_early and (epochs is None or self.epoch < epochs)
                and (max_steps is None or self.step < max_steps)):
-            for holder in (self.train_loader, getattr(self.train_loader, "sampler", None),
-                           getattr(self.train_loader, "batch_sampler", None)):
-                if hasattr(holder, "set_epoch"):
-                    holder.set_epoch(self.epoch)
-            resuming = self.batch_in_epoch > 0
-            rng = _rng_state()
-            batches = iter(self.train_loader)  # a DataLoader draws a seed from the generator here
-            for _ in range(self.batch_in_epoch):  # a resumed epoch: skip the batches already used
-                next(batches)
-            if resuming:
-                _set_rng_state(rng)  # as if the epoch had never been interrupted
-            for batch in batches:
+            for batch in _epoch_batches(self.train_loader, self.epoch, self.batch_in_epoch):
                 if max_steps is not None and self.step >= max_steps:
                     break
                 loss = self.train_step(batch)
@@ -597,45 +659,12 @@ class Trainer:
                 bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.3f}", refresh=False)
                 bar.update()  # redraws at most once a second
             else:
-                self._end_epoch(bar)
+                results = self.validate() if (self.valid_loader or self.metrics_fn) else {}
+                bar.set_postfix(epoch=self.epoch + 1,
+                                **{f"valid_{k}": f"{v:.3f}" for k, v in results.items()})
+                self._record_epoch(results)
         bar.close()
         return self.history
-
-    def _end_epoch(self, bar: tqdm) -> None:
-        results = self.validate() if (self.valid_loader or self.metrics_fn) else {}
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        valid = self.history["valid"]
-        valid["epoch"].append(self.epoch)
-        valid["step"].append(self.step)
-        for key, value in results.items():
-            valid.setdefault(key, []).append(value)
-        bar.set_postfix(epoch=self.epoch, **{f"valid_{k}": f"{v:.3f}" for k, v in results.items()})
-        if self.patience is None and self.monitor not in results:
-            return
-        if self.monitor not in results:
-            raise ValueError(f"monitor {self.monitor!r} is not among the validation results "
-                             f"{sorted(results)}")
-        value = results[self.monitor]
-        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
-            self.best, self.best_epoch = value, self.epoch
-        elif self.patience is not None and self.epoch - self.best_epoch >= self.patience:
-            self.stopped_early = True
-
-    def state_dict(self) -> dict[str, Any]:
-        """Counters, history, early-stopping state and RNG states: what resuming needs beyond
-        the model and the optimizer."""
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "history": copy.deepcopy(self.history), "best": self.best,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                "rng": _rng_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s counters, history and RNG states."""
-        for key in ("step", "epoch", "batch_in_epoch", "best", "best_epoch", "stopped_early"):
-            setattr(self, key, state[key])
-        self.history = copy.deepcopy(state["history"])
-        _set_rng_state(state["rng"])
 
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Checkpoint the model, the optimizer and the trainer (plus ``extra`` state) to
