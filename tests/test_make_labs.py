@@ -189,7 +189,8 @@ def test_repository_labs_exist_for_each_solution():
     assert [p.name for p in found] == ["01_attention_lab.ipynb",
                                        "02_multi_head_attention_lab.ipynb",
                                        "03_encoder_decoder_lab.ipynb", "04_decoding_lab.ipynb",
-                                       "05_gpu_training_lab.ipynb", "06_tokenization_lab.ipynb"]
+                                       "05_gpu_training_lab.ipynb", "06_tokenization_lab.ipynb",
+                                       "07_modern_blocks_lab.ipynb"]
     for path in found:
         assert (ROOT / "labs" / path.name).exists()
 

@@ -46,6 +46,7 @@ from transformer_lib.encoder import (
     FeedForward,
     LayerStack,
     attention_sublayer,
+    make_norm,
     sublayer_connection,
 )
 from transformer_lib.gpt import (
@@ -61,9 +62,31 @@ from transformer_lib.gpt import (
     python_source_files,
     sample_next_token,
 )
-from transformer_lib.interop import from_torch
+from transformer_lib.interop import from_hf, from_torch
 from transformer_lib.model import EncoderDecoder, Transformer, TransformerConfig
+from transformer_lib.modern import RMSNorm, SwiGLUFeedForward
 from transformer_lib.multihead import MultiHeadAttention, merge_heads, split_heads
+from transformer_lib.pretrained import (
+    BERT_WHITESPACE,
+    CJK_RANGES,
+    SPECIAL_TOKENS,
+    UNUSED_BERT_NAMES,
+    BertEmbeddings,
+    EncoderConfig,
+    EncoderModel,
+    SentenceEncoder,
+    WordPieceTokenizer,
+    bert_normalize,
+    bert_parameter_names,
+    bert_pretokenize,
+    encoder_config_from_bert,
+    load_bert_weights,
+    load_minilm,
+    mean_pool,
+    pad_ids,
+    read_safetensors,
+    wordpiece,
+)
 from transformer_lib.tokenization import (
     SPLIT_PATTERN,
     BPETokenizer,
@@ -112,6 +135,7 @@ __all__ = [
     'rotary_frequencies',
     'apply_rotary',
     'ACTIVATIONS',
+    'make_norm',
     'FeedForward',
     'sublayer_connection',
     'attention_sublayer',
@@ -180,5 +204,27 @@ __all__ = [
     'text_to_bytes',
     'bytes_to_text',
     'BPETokenizer',
+    'BERT_WHITESPACE',
+    'CJK_RANGES',
+    'bert_normalize',
+    'bert_pretokenize',
+    'wordpiece',
+    'pad_ids',
+    'SPECIAL_TOKENS',
+    'WordPieceTokenizer',
+    'EncoderConfig',
+    'BertEmbeddings',
+    'EncoderModel',
+    'read_safetensors',
+    'bert_parameter_names',
+    'UNUSED_BERT_NAMES',
+    'load_bert_weights',
+    'encoder_config_from_bert',
+    'mean_pool',
+    'SentenceEncoder',
+    'load_minilm',
+    'RMSNorm',
+    'SwiGLUFeedForward',
+    'from_hf',
     'from_torch',
 ]

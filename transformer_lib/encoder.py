@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 __all__ = [
-    'ACTIVATIONS', 'FeedForward', 'sublayer_connection', 'attention_sublayer', 'EncoderLayer',
-    'LayerStack', 'Encoder',
+    'ACTIVATIONS', 'make_norm', 'FeedForward', 'sublayer_connection', 'attention_sublayer',
+    'EncoderLayer', 'LayerStack', 'Encoder',
 ]
 
 from collections.abc import Callable, Sequence
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 # the argument checks that several modules share, one message per mistake
 from transformer_lib._validate import check_layer_norm_eps, check_positive_ints, check_probability
+from transformer_lib.modern import RMSNorm, SwiGLUFeedForward  # chapter 11's variants
 from transformer_lib.multihead import MultiHeadAttention
 
 if TYPE_CHECKING:
@@ -27,6 +28,16 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+
+
+def make_norm(norm: str, d_model: int, eps: float, bias: bool = True) -> nn.Module:
+    """A layer normalization of the kind ``norm`` names: ``"layernorm"`` (``nn.LayerNorm``) or
+    ``"rmsnorm"`` (chapter 11's :class:`~transformer_lib.modern.RMSNorm`, which has no bias)."""
+    if norm == "layernorm":
+        return nn.LayerNorm(d_model, eps=eps, bias=bias)
+    if norm == "rmsnorm":
+        return RMSNorm(d_model, eps=eps)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {norm!r}")
 
 
 class FeedForward(nn.Module):
@@ -139,24 +150,32 @@ class EncoderLayer(nn.Module):
         d_ff: feed-forward hidden width ``F``.
         dropout: dropout on attention weights, after the feed-forward activation and on each
             sub-layer's output.
-        activation: ``"relu"`` or ``"gelu"``.
+        activation: ``"relu"`` or ``"gelu"``; or ``"swiglu"``, chapter 11's gated network
+            (:class:`~transformer_lib.modern.SwiGLUFeedForward`).
         norm_first: pre-LN if ``True``; post-LN if ``False``.
         layer_norm_eps: the ``eps`` of both layer normalizations.
         bias: whether linear layers and layer normalizations have biases.
+        norm: ``"layernorm"`` or chapter 11's ``"rmsnorm"`` (see :func:`make_norm`).
+        num_kv_heads, rope_base: chapter 11's grouped queries and rotary positions, passed to
+            :class:`MultiHeadAttention`.
     """
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
                  activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
-                 bias: bool = True) -> None:
+                 bias: bool = True, *, norm: str = "layernorm", num_kv_heads: int | None = None,
+                 rope_base: float | None = None) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
         check_probability("dropout", dropout)
         check_layer_norm_eps(layer_norm_eps)
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
-        self.ffn = FeedForward(d_model, d_ff, dropout=dropout, activation=activation, bias=bias)
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias,
+                                            num_kv_heads=num_kv_heads, rope_base=rope_base)
+        self.ffn = (SwiGLUFeedForward(d_model, d_ff, dropout=dropout, bias=bias)
+                    if activation == "swiglu" else
+                    FeedForward(d_model, d_ff, dropout=dropout, activation=activation, bias=bias))
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, bias)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, *,
@@ -200,17 +219,18 @@ class LayerStack(nn.Module):
     def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int,
                  dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
                  layer_norm_eps: float = 1e-5, bias: bool = True,
-                 final_norm: bool | None = None) -> None:
+                 final_norm: bool | None = None, **layer_options: Any) -> None:
         super().__init__()
         check_positive_ints(num_layers=num_layers)
         self.layers = nn.ModuleList(
             self.layer_type(d_model, num_heads, d_ff, dropout, activation, norm_first,
-                            layer_norm_eps, bias)
+                            layer_norm_eps, bias, **layer_options)
             for _ in range(num_layers)
         )
         if final_norm is None:
             final_norm = norm_first
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+        norm = layer_options.get("norm", "layernorm")  # the final norm is of the layers' kind
+        self.norm = make_norm(norm, d_model, layer_norm_eps, bias) if final_norm else None
 
     def forward(self, x: Tensor, *args: Any, cache: Sequence[Any] | None = None,
                 need_weights: bool = False, **options: Any) -> Tensor | tuple[Tensor, list[Any]]:
@@ -249,6 +269,8 @@ class Encoder(LayerStack):
             as for :class:`EncoderLayer`; every layer gets its own weights.
         final_norm: add a LayerNorm after the last layer; ``None`` means "when
             ``norm_first``", the usual choice.
+        **layer_options: :class:`EncoderLayer`'s keyword-only options (``norm``,
+            ``num_kv_heads``, ``rope_base``), the same for every layer.
 
     Shape:
         ``forward(x (B, S, D), mask=None, is_causal=False) -> (B, S, D)``; ``mask`` and

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformer_lib.decoding import AttentionCache
 from transformer_lib.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from transformer_lib.encoder import Encoder
+from transformer_lib.modern import RMSNorm  # chapter 11's normalization
 
 
 def python_source_files(max_chars: int = 1_000_000, max_file_bytes: int = 32_000, seed: int = 0,
@@ -135,15 +136,22 @@ class GPTConfig:
     d_model: int  # D: the width of every position's vector
     num_heads: int  # H: heads in every attention layer; must divide d_model
     num_layers: int  # N: blocks in the stack
-    d_ff: int | None = None  # F: the feed-forward width; None means 4 * d_model, as in GPT-2
+    d_ff: int | None = None  # F: None means 4 * d_model (GPT-2), or 8/3 * d_model with SwiGLU
     dropout: float = 0.0  # on embeddings, attention weights and sub-layer outputs (GPT-2: 0.1)
     bias: bool = True  # biases in linear layers and LayerNorms (GPT-2 has them)
     layer_norm_eps: float = 1e-5  # LayerNorm's epsilon, as in GPT-2
     tie_output: bool = True  # the output projection reuses the token embedding matrix
+    # chapter 11: what today's open models change (the defaults are GPT-2's)
+    norm: str = "layernorm"  # or "rmsnorm"
+    activation: str = "gelu"  # or "swiglu", the gated feed-forward network
+    positions: str = "learned"  # or "rope": rotary positions in every attention, no table
+    num_kv_heads: int | None = None  # grouped-query attention: None means num_heads
+    rope_theta: float = 10000.0  # the base of the rotary frequencies
 
     def __post_init__(self) -> None:
         if self.d_ff is None:  # frozen: resolve the default once, so config.d_ff is always an int
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
+            width = 8 * self.d_model // 3 if self.activation == "swiglu" else 4 * self.d_model
+            object.__setattr__(self, "d_ff", width)
         for name in ("vocab_size", "context_length", "d_model", "num_heads", "num_layers", "d_ff"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -155,11 +163,24 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        for name, choices in (("norm", ("layernorm", "rmsnorm")),
+                              ("activation", ("gelu", "swiglu")),
+                              ("positions", ("learned", "rope"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, "
+                                 f"got {getattr(self, name)!r}")
+        kv = self.num_kv_heads
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1
+                               or self.num_heads % kv):
+            raise ValueError(f"num_kv_heads must be None or a positive int that divides "
+                             f"num_heads={self.num_heads}, got {kv!r}")
+        if not self.rope_theta > 1:
+            raise ValueError(f"rope_theta must be > 1, got {self.rope_theta!r}")
 
 
 def _init_gpt2(model: nn.Module, blocks: Encoder, num_layers: int) -> None:
     """GPT-2's initialization, as nanoGPT and Hugging Face write it: every weight matrix and
-    embedding from N(0, 0.02²), biases zero, LayerNorms reset, and the two projections of each
+    embedding from N(0, 0.02²), biases zero, norms reset, and the two projections of each
     block that add to the residual stream with standard deviation 0.02 / sqrt(2N)."""
     std = 0.02
     for module in model.modules():
@@ -167,10 +188,11 @@ def _init_gpt2(model: nn.Module, blocks: Encoder, num_layers: int) -> None:
             nn.init.normal_(module.weight, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
             module.reset_parameters()
     for layer in blocks.layers:  # the projections that add to the residual stream
-        for linear in (layer.self_attn.out_proj, layer.ffn.linear2):
+        ffn_out = layer.ffn.down_proj if hasattr(layer.ffn, "down_proj") else layer.ffn.linear2
+        for linear in (layer.self_attn.out_proj, ffn_out):
             nn.init.normal_(linear.weight, std=std / math.sqrt(2 * num_layers))
 
 
@@ -225,10 +247,15 @@ class GPT(nn.Module):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = c = config
         self.embed = TokenEmbedding(c.vocab_size, c.d_model, scale=False)
-        self.positions = LearnedPositionalEmbedding(c.context_length, c.d_model, dropout=c.dropout)
+        rope = c.positions == "rope"  # chapter 11: positions inside attention, no table
+        self.positions = None if rope else LearnedPositionalEmbedding(c.context_length, c.d_model,
+                                                                      dropout=c.dropout)
+        self.embed_dropout = nn.Dropout(c.dropout) if rope else None
         self.blocks = Encoder(c.num_layers, c.d_model, c.num_heads, c.d_ff, dropout=c.dropout,
-                              activation="gelu", norm_first=True, layer_norm_eps=c.layer_norm_eps,
-                              bias=c.bias, final_norm=True)
+                              activation=c.activation, norm_first=True,
+                              layer_norm_eps=c.layer_norm_eps, bias=c.bias, final_norm=True,
+                              norm=c.norm, num_kv_heads=c.num_kv_heads,
+                              rope_base=c.rope_theta if rope else None)
         self.out_proj = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_output:
             self.out_proj.weight = self.embed.weight  # one (V, D) matrix, two uses
@@ -257,7 +284,8 @@ class GPT(nn.Module):
             raise ValueError(f"idx has batch size {idx.size(0)} but the cache was made for "
                              f"batch_size={cache.batch_size}")
         # (B, T) -> (B, T, D), positions t, t + 1, ...
-        x = self.positions(self.embed(idx), offset=t)
+        x = self.embed(idx)
+        x = self.embed_dropout(x) if self.positions is None else self.positions(x, offset=t)
         h = self.blocks(x, is_causal=True,
                         cache=None if cache is None else cache.layers)  # (B, T, D)
         return self.out_proj(h)  # (B, T, D) -> (B, T, V)
@@ -451,9 +479,10 @@ class KVCache:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         c = model.config
         weight = model.embed.weight
-        shape = (batch_size, c.num_heads, c.context_length, c.d_model // c.num_heads)
+        kv_heads = c.num_kv_heads or c.num_heads  # fewer with grouped queries (chapter 11)
+        shape = (batch_size, kv_heads, c.context_length, c.d_model // c.num_heads)
         self.layers = [PreallocatedCache(weight.new_zeros(shape), weight.new_zeros(shape))
-                       for _ in range(c.num_layers)]  # (B, H, C, Dh) for keys and values each
+                       for _ in range(c.num_layers)]  # (B, KV, C, Dh) for keys and values each
         self.batch_size = batch_size
 
     @property

@@ -1,10 +1,17 @@
-"""Conversion from PyTorch's reference modules to ours. Hand-written (not generated from a chapter).
+"""Conversion from PyTorch's and Hugging Face's reference modules to ours. Hand-written (not
+generated from a chapter).
 
 The logic is explained in chapter 2 (``chapters/02_multi_head_attention.ipynb``, section
 "Checking against PyTorch"): ``nn.MultiheadAttention`` packs :math:`W^Q, W^K, W^V` into one
 ``in_proj_weight`` of shape ``(3D, D)``, which we split into ``q_proj``, ``k_proj`` and
 ``v_proj``. Each supported PyTorch type has a converter registered in ``_CONVERTERS``; later
 chapters add converters for PyTorch's encoder and decoder layers and stacks.
+
+:func:`from_hf` does the same for Hugging Face ``transformers`` models, looked up by class name
+in ``_HF_CONVERTERS`` (so that this module does not import ``transformers``). Chapter 10
+(``chapters/10_pretrained_encoders.ipynb``) explains the ``BertModel`` mapping, which lives in
+``pretrained.py``; chapter 11 (``chapters/11_modern_decoders.ipynb``) the ``LlamaForCausalLM``
+one, which lives here.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from torch import nn
 
 from transformer_lib.decoder import Decoder, DecoderLayer
 from transformer_lib.encoder import Encoder, EncoderLayer, FeedForward
+from transformer_lib.gpt import GPT, GPTConfig
 from transformer_lib.model import EncoderDecoder
 from transformer_lib.multihead import MultiHeadAttention
+from transformer_lib.pretrained import EncoderModel, encoder_config_from_bert, load_bert_weights
 
-__all__ = ["from_torch"]
+__all__ = ["from_hf", "from_torch"]
 
 _Converter = Callable[[Any], nn.Module]
 
@@ -246,3 +255,113 @@ def _from_transformer(module: nn.Transformer) -> EncoderDecoder:
     # nn.Transformer has no embeddings and no output projection: its equivalent is our
     # EncoderDecoder, which maps embedded (B, S, D) and (B, T, D) inputs to (B, T, D).
     return EncoderDecoder(from_torch(module.encoder), from_torch(module.decoder))
+
+
+# --- Hugging Face transformers models (chapter 10) -------------------------------------------
+
+# Hugging Face class name -> function returning our equivalent. Names, not types, so that
+# transformers is imported only by whoever passes one of its models.
+_HF_CONVERTERS: dict[str, _Converter] = {}
+
+
+def from_hf(model: nn.Module) -> nn.Module:
+    """Our equivalent of a Hugging Face ``transformers`` model, with a copy of its weights.
+
+    The result computes the same hidden states as ``model`` (to float32 rounding) and has its
+    dtype, device and train/eval mode. Hugging Face's ``attention_mask`` (1 on real tokens, 0
+    on padding) is ours too.
+
+    Supported: ``BertModel`` -> :class:`~transformer_lib.pretrained.EncoderModel` (embeddings
+    and chapter 4's post-LN :class:`Encoder`; the pooler, if any, is left out: see
+    :data:`~transformer_lib.pretrained.UNUSED_BERT_NAMES`); ``LlamaForCausalLM`` -> :class:`GPT`
+    with chapter 11's switches (RMSNorm, SwiGLU, rotary positions, grouped queries, no biases),
+    the rows of ``W^Q`` and ``W^K`` reordered from LLaMA's "halves" rotary layout to chapter 3's
+    interleaved pairs.
+
+    Args:
+        model: the ``transformers`` model to convert.
+
+    Returns:
+        The converted model.
+
+    Raises:
+        TypeError: ``model`` is of a class we cannot convert.
+        ValueError: ``model`` uses a setting ours does not have, or its weights do not fit;
+            the message names it.
+    """
+    converter = _HF_CONVERTERS.get(type(model).__name__)
+    if converter is None:
+        name = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise TypeError(f"from_hf cannot convert {name}; supported classes: "
+                        f"{', '.join(sorted(_HF_CONVERTERS))}")
+    return converter(model)
+
+
+def _from_hf_bert(model: nn.Module) -> EncoderModel:
+    ours = _finish(EncoderModel(encoder_config_from_bert(model.config.to_dict())), model)
+    return load_bert_weights(ours, model.state_dict())
+
+
+_HF_CONVERTERS["BertModel"] = _from_hf_bert
+
+
+# --- LLaMA (chapter 11) ----------------------------------------------------------------------
+
+
+def _rope_theta(config: Any) -> float:
+    """The rotary base of a ``LlamaConfig`` (``rope_parameters`` in recent ``transformers``)."""
+    parameters = getattr(config, "rope_parameters", None) or {}
+    if parameters.get("rope_type", "default") != "default":
+        raise ValueError(f"from_hf: rope scaling {parameters['rope_type']!r} is not supported "
+                         "(our rotary positions are chapter 3's, unscaled)")
+    return float(parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _halves_to_pairs(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The rows of LLaMA's ``W^Q`` or ``W^K`` reordered from the "halves" rotary layout (feature
+    ``i`` of a head paired with ``i + Dh/2``) to chapter 3's interleaved pairs ``(2i, 2i+1)``."""
+    head_dim = weight.size(0) // num_heads
+    halves = weight.reshape(num_heads, 2, head_dim // 2, -1)  # (H, 2, Dh/2, D)
+    return halves.transpose(1, 2).reshape(weight.shape)  # row 2i <- i, row 2i+1 <- i + Dh/2
+
+
+def _from_hf_llama(model: nn.Module) -> GPT:
+    c = model.config
+    for name in ("attention_bias", "mlp_bias"):
+        if getattr(c, name, False):
+            raise ValueError(f"from_hf: {name}=True is not supported (our LLaMA has no biases)")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        raise ValueError(f"from_hf: hidden_act must be 'silu', got {c.hidden_act!r}")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim * c.num_attention_heads != c.hidden_size:
+        raise ValueError(f"from_hf: head_dim * num_attention_heads must be hidden_size, got "
+                         f"{head_dim} * {c.num_attention_heads} and {c.hidden_size}")
+    config = GPTConfig(vocab_size=c.vocab_size, context_length=c.max_position_embeddings,
+                       d_model=c.hidden_size, num_heads=c.num_attention_heads,
+                       num_layers=c.num_hidden_layers, d_ff=c.intermediate_size, bias=False,
+                       layer_norm_eps=c.rms_norm_eps, tie_output=c.tie_word_embeddings,
+                       norm="rmsnorm", activation="swiglu", positions="rope",
+                       num_kv_heads=c.num_key_value_heads, rope_theta=_rope_theta(c))
+    ours = GPT(config)
+    theirs = model.model
+    with torch.no_grad():
+        ours.embed.weight.copy_(theirs.embed_tokens.weight)
+        for layer, hf in zip(ours.blocks.layers, theirs.layers):
+            attention, mlp = hf.self_attn, hf.mlp
+            layer.self_attn.q_proj.weight.copy_(_halves_to_pairs(attention.q_proj.weight,
+                                                                 c.num_attention_heads))
+            layer.self_attn.k_proj.weight.copy_(_halves_to_pairs(attention.k_proj.weight,
+                                                                 c.num_key_value_heads))
+            layer.self_attn.v_proj.weight.copy_(attention.v_proj.weight)
+            layer.self_attn.out_proj.weight.copy_(attention.o_proj.weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(layer.ffn, name).weight.copy_(getattr(mlp, name).weight)
+            layer.norm1.weight.copy_(hf.input_layernorm.weight)
+            layer.norm2.weight.copy_(hf.post_attention_layernorm.weight)
+        ours.blocks.norm.weight.copy_(theirs.norm.weight)
+        if not c.tie_word_embeddings:
+            ours.out_proj.weight.copy_(model.lm_head.weight)
+    return _finish(ours, model)
+
+
+_HF_CONVERTERS["LlamaForCausalLM"] = _from_hf_llama

@@ -21,6 +21,7 @@ from transformer_lib._validate import (
 
 # Chapter 1's function is the readable path.
 from transformer_lib.attention import causal_mask, scaled_dot_product_attention
+from transformer_lib.embeddings import apply_rotary  # chapter 3: rotary positions
 
 if TYPE_CHECKING:
     from transformer_lib.decoding import AttentionCache  # chapter 6 builds the cache
@@ -117,10 +118,17 @@ class MultiHeadAttention(nn.Module):
         num_heads: the number of heads ``H``; it must divide ``d_model``.
         dropout: dropout probability on the attention weights, applied in training mode only.
         bias: whether the four projections add a bias.
+        num_kv_heads: grouped-query attention (chapter 11): keys and values get only this many
+            heads, each shared by ``num_heads // num_kv_heads`` query heads (``k_proj`` and
+            ``v_proj`` are that much narrower, and so is a cache); it must divide
+            ``num_heads``. ``None``: as many as query heads (plain multi-head attention).
+        rope_base: rotary positions (chapter 3's :func:`apply_rotary`, with this base) applied
+            to every head's queries and keys; the positions count on from a cache's length.
+            For self-attention only. ``None``: no rotation.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0,
-                 bias: bool = True) -> None:
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 num_kv_heads: int | None = None, rope_base: float | None = None) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, num_heads=num_heads)
         if d_model % num_heads != 0:
@@ -128,13 +136,22 @@ class MultiHeadAttention(nn.Module):
                              f"num_heads={num_heads} leave a remainder of {d_model % num_heads}; "
                              f"each head gets d_model // num_heads features")
         check_probability("dropout", dropout)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        check_positive_ints(num_kv_heads=num_kv_heads)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads must divide num_heads={num_heads}, got {num_kv_heads}")
+        if rope_base is not None and not (isinstance(rope_base, (int, float)) and rope_base > 1):
+            raise ValueError(f"rope_base must be None or a number > 1, got {rope_base!r}")
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads  # Dh
+        self.num_kv_heads = num_kv_heads  # KV
+        self.rope_base = rope_base
         self.dropout = dropout
+        kv_width = num_kv_heads * self.head_dim  # D, or less with grouped queries
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)  # W^Q of all heads, side by side
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)  # W^K
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)  # W^V
+        self.k_proj = nn.Linear(d_model, kv_width, bias=bias)  # W^K
+        self.v_proj = nn.Linear(d_model, kv_width, bias=bias)  # W^V
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
 
     def forward(
@@ -187,11 +204,21 @@ class MultiHeadAttention(nn.Module):
             # (B, H, S, Dh): the memory's, projected at the first call
             k, v = cache.keys, cache.values
         else:
-            k = split_heads(self.k_proj(key), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
-            v = split_heads(self.v_proj(value), self.num_heads)  # (B, S, D) -> (B, H, S, Dh)
+            # (B, S, KV Dh) -> (B, KV, S, Dh), KV = H unless grouped
+            k = split_heads(self.k_proj(key), self.num_kv_heads)
+            v = split_heads(self.v_proj(value), self.num_kv_heads)
+            if self.rope_base is not None:  # rotate queries and keys by their positions
+                start = 0 if cache is None else cache.length
+                positions = torch.arange(start, start + T, device=query.device)
+                q = apply_rotary(q, positions, self.rope_base)
+                k = apply_rotary(k, positions, self.rope_base)
             if cache is not None:
                 # (B, H, cached + S, Dh): the earlier positions, then these
                 k, v = cache.update(k, v)
+        if self.num_kv_heads != self.num_heads:  # each key/value head serves a group of queries
+            group = self.num_heads // self.num_kv_heads
+            k = k.repeat_interleave(group, dim=1)  # (B, KV, S, Dh) -> (B, H, S, Dh)
+            v = v.repeat_interleave(group, dim=1)
         S = k.size(2)
         if is_causal and (need_weights or S != T):
             # the readable path needs the mask itself; after cached keys, query i is position
@@ -210,4 +237,6 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}"
+        extra = "" if self.num_kv_heads == self.num_heads else f", num_kv_heads={self.num_kv_heads}"
+        extra += "" if self.rope_base is None else f", rope_base={self.rope_base}"
+        return f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}{extra}"

@@ -16,6 +16,8 @@ diffs, known mistakes and their diagnosis, calling the learner's code) and one m
                         ``check_resume``
 ``lab06_tokenization``  ``check_pair_counts``, ``check_merge_pair``, ``check_train_merges``,
                         ``check_encode``, ``check_decode``
+``lab07_modern``        ``check_rms_norm``, ``check_swiglu``, ``check_rotary``,
+                        ``check_grouped_query_attention``, ``check_modern_attention``
 ======================  =============================================================
 
 Use them as ``from transformer_lib import checks; checks.check_attention(my_attention)``. In a
@@ -59,6 +61,13 @@ from transformer_lib.checks.lab06_tokenization import (
     check_pair_counts,
     check_train_merges,
 )
+from transformer_lib.checks.lab07_modern import (
+    check_grouped_query_attention,
+    check_modern_attention,
+    check_rms_norm,
+    check_rotary,
+    check_swiglu,
+)
 
 install_notebook_display()
 
@@ -86,4 +95,9 @@ __all__ = [
     "check_train_merges",
     "check_encode",
     "check_decode",
+    "check_rms_norm",
+    "check_swiglu",
+    "check_rotary",
+    "check_grouped_query_attention",
+    "check_modern_attention",
 ]

@@ -1,6 +1,6 @@
 """The engine of the lab checks: cases, comparisons, diffs, known mistakes and their diagnosis,
 and calling the learner's code. Hand-written (not generated from a chapter); the checks
-themselves live in one module per lab (``lab01_attention.py`` ... ``lab06_tokenization.py``), and
+themselves live in one module per lab (``lab01_attention.py`` ... ``lab07_modern.py``), and
 ``tests/test_checks*.py`` hold the catalogue of wrong implementations they must diagnose.
 
 Every check runs the learner's code on random inputs (from its own seeded generator, so the
