@@ -31,6 +31,18 @@ from transformer_lib.decoding import (
     length_penalty,
     sequence_log_prob,
 )
+from transformer_lib.efficiency import (
+    PEAK_BF16_FLOPS,
+    flash_attention,
+    flops_per_token,
+    kv_cache_bytes_per_token,
+    matmul_and_attention,
+    measured_matmul_flops,
+    peak_flops,
+    saved_activation_bytes,
+    sdpa_kernels_used,
+    synchronize,
+)
 from transformer_lib.embeddings import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -225,6 +237,16 @@ __all__ = [
     'load_minilm',
     'RMSNorm',
     'SwiGLUFeedForward',
+    'flops_per_token',
+    'PEAK_BF16_FLOPS',
+    'peak_flops',
+    'synchronize',
+    'measured_matmul_flops',
+    'saved_activation_bytes',
+    'sdpa_kernels_used',
+    'flash_attention',
+    'matmul_and_attention',
+    'kv_cache_bytes_per_token',
     'from_hf',
     'from_torch',
 ]
