@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
 SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext)
 
-.PHONY: help setup book book-clean check-browser test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
+.PHONY: help setup book book-clean check-browser check-lab test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
 
 help:
 	@echo "make book    build the HTML book into _build/html"
 	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build, browser check)"
 	@echo "make check-browser  build the book, then open every page in headless Chromium, offline (needs chromium)"
 	@echo "make lab     open JupyterLab on the repository"
+	@echo "make check-lab  open every chapter and learner lab in JupyterLab in headless Chromium and run it (needs chromium)"
 	@echo "make export  regenerate transformer_lib/ from the chapters"
 	@echo "make labs    regenerate the learner versions labs/*.ipynb from labs/solutions/"
 	@echo "make bench   print benchmark tables"
@@ -45,6 +46,13 @@ book-clean: setup
 # Needs Chromium (apt-get install chromium; CHROMIUM=/path/to/chrome to choose one).
 check-browser: book
 	$(BIN)/python tools/check_browser.py
+
+# Every chapter and learner lab opened in JupyterLab in headless Chromium, as a learner does, and
+# run from the browser: fails on the unsaved-changes dot, raw MyST in rendered markdown, solutions
+# shown without a click, kernel errors in a chapter, cells past their budget, widget errors
+# (tools/check_lab.py). Not part of `make test`. NOTEBOOKS=chapters/01_attention.ipynb for one.
+check-lab: setup
+	$(BIN)/python tools/check_lab.py $(NOTEBOOKS)
 
 lint: setup
 	$(BIN)/ruff check $(SOURCES)

@@ -52,7 +52,8 @@ STUB = 'raise NotImplementedError("Exercise {number} ({title}): write your code 
 # A stub longer than this is written on two lines (pyproject.toml's [tool.ruff] line-length).
 LINE_LENGTH = 100
 GENERATED_KEY = "lab_learner_version_of"  # notebook metadata naming the solution notebook
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+# what JupyterLab writes back once the kernel starts, as in tools/notebooks.py (issue 24)
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 ADMONITIONS = {"hint": "Hint", "tip": "Tip", "note": "Note", "important": "Important",
                "warning": "Warning", "admonition": ""}
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}\s*(?P<arg>.*)$")

@@ -196,10 +196,34 @@ def interact_figure(draw: Callable[..., Figure], **controls):
     (a widget, or an abbreviation such as ``(0.1, 4.0, 0.1)`` or a list of options)
     and ``draw`` returns the figure to show. Needs a live kernel to redraw; the
     rendered book shows the static figure the chapter draws first.
-    """
-    from ipywidgets import interact  # optional dependency: imported only for widgets
 
-    return interact(draw, **controls)
+    The controls' labels all get one width, wide enough for the longest description:
+    ipywidgets' default (80 px) cuts a name such as ``temperature`` to ``temperat...``.
+    """
+    from IPython.display import display
+    from ipywidgets import interactive  # optional dependency: imported only for widgets
+
+    panel = interactive(draw, **controls)
+    labelled = [w for w in panel.kwargs_widgets
+                if getattr(w, "description", "") and hasattr(getattr(w, "style", None),
+                                                             "description_width")]
+    if labelled:
+        width = _widget_label_width(max(len(w.description) for w in labelled))
+        for widget in labelled:
+            widget.style.description_width = width
+    try:
+        draw.widget = panel  # as interact does
+    except AttributeError:
+        pass
+    display(panel)
+    return draw
+
+
+def _widget_label_width(chars: int) -> str:
+    """A CSS width for a widget label of ``chars`` characters, never under ipywidgets' 80 px."""
+    # 0.7 em a character is wider than lowercase names and underscores need in JupyterLab's
+    # sans-serif at its 13 px widget font; the extra 1 em is the label's right padding
+    return f"max(80px, {0.7 * chars + 1:.1f}em)"
 
 
 def _as_table(table: torch.Tensor, name: str) -> torch.Tensor:

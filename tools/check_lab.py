@@ -1,0 +1,319 @@
+"""Open the notebooks in JupyterLab, in headless Chromium, run them, and check what a learner sees.
+
+One JupyterLab server (headless, on a free port, ``--allow-root`` when run as root, autosave off,
+so nothing is ever written back) and one browser serve every notebook. For each notebook the
+check opens it as a learner does, waits for its kernel, then fails on:
+
+* **the unsaved-changes dot**: the notebook is modified once its kernel has started (issue 24:
+  the committed form must be the one JupyterLab keeps; ``tools/notebooks.py`` writes it);
+* **raw MyST**: directive or role syntax (a fence with ``{name}``, ``{cite}`` and the like,
+  ``:label:`` / ``:class:`` lines) in the text of a rendered markdown cell;
+* **visible solutions**: a code cell between ``{solution-start}`` and ``{solution-end}`` whose
+  input is shown before the learner opens it (``metadata.jupyter.source_hidden`` folds it);
+
+then runs every cell from the browser (Run > Run All Cells) and fails on:
+
+* **kernel errors** in a chapter (a learner lab is expected to stop at its first check: the
+  first line of that error is reported, not failed on);
+* **a cell still running** after the notebook's budget (``--budget``, seconds);
+* **widgets** that render an error or are still loading.
+
+Usage::
+
+    python tools/check_lab.py [chapters/01_attention.ipynb ...] [--budget 300] [--shots DIR]
+
+Without notebooks: every chapter and every learner lab. ``--shots`` saves a screenshot of each
+notebook at its first problem (else at its end). Needs Chromium, as tools/check_browser.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from base64 import b64decode
+from pathlib import Path
+
+from check_browser import Browser, DevTools, find_browser
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 300.0
+
+# ---------------------------------------------------------------------------------------------
+# JavaScript run in JupyterLab's page (the app is exposed as window.jupyterapp).
+
+WAIT_APP = """
+(async () => {
+  if (!window.jupyterapp) return false;
+  await window.jupyterapp.started;
+  await window.jupyterapp.restored;
+  return true;
+})()
+"""
+
+OPEN = """
+(async (path) => {
+  const app = window.jupyterapp;
+  const w = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+  await w.context.ready;
+  await w.sessionContext.ready;
+  const sleep = ms => new Promise(done => setTimeout(done, ms));
+  for (let i = 0; i < 600 && w.sessionContext.kernelDisplayStatus !== 'idle'; i++) await sleep(100);
+  await sleep(1000);  // what the kernel's info reply writes into the metadata lands by now
+  window._checked = w;
+  const nb = w.content;
+  const out = {dirty: w.context.model.dirty, kernel: w.sessionContext.kernelDisplayStatus,
+               raw: [], solutions: []};
+  const RAW = [/`{3,}\\s*\\{[\\w-]+\\}/, /\\{(cite|cite:\\w+|ref|numref|doc|eq|term|download)\\}/,
+               /^\\s*:(label|class|name|tags):/m, /\\{(solution|exercise)-(start|end)\\}/];
+  let inSolution = false;
+  for (let i = 0; i < nb.widgets.length; i++) {
+    const cell = nb.widgets[i];
+    const source = cell.model.sharedModel.getSource();
+    if (cell.model.type === 'markdown') {
+      cell.rendered = true;
+      await nb.scrollToItem(i);
+      let text = '';
+      for (let t = 0; t < 20 && !text.trim(); t++) { await sleep(50); text = cell.node.innerText; }
+      const hit = RAW.map(re => text.match(re)).find(m => m);
+      if (hit)
+        out.raw.push({cell: i, text: text.slice(Math.max(0, hit.index - 20), hit.index + 60)});
+      const start = source.lastIndexOf('{solution-start}');
+      const end = source.lastIndexOf('{solution-end}');
+      if (start >= 0 || end >= 0) inSolution = start > end;
+    } else if (cell.model.type === 'code' && inSolution && !cell.inputHidden) {
+      out.solutions.push({cell: i, text: source.split('\\n')[0].slice(0, 80)});
+    }
+  }
+  return JSON.stringify(out);
+})
+"""
+
+RUN = """
+(async (budget) => {
+  const app = window.jupyterapp, w = window._checked, nb = w.content;
+  const sleep = ms => new Promise(done => setTimeout(done, ms));
+  const t0 = Date.now();
+  await app.commands.execute('notebook:run-all-cells');
+  let quiet = 0;
+  while ((Date.now() - t0) / 1000 < budget) {
+    await sleep(250);
+    const busy = w.sessionContext.kernelDisplayStatus !== 'idle' || nb.widgets.some(
+      c => c.model.type === 'code' && c.model.executionState === 'running');
+    quiet = busy ? 0 : quiet + 1;
+    if (quiet >= 8) break;
+  }
+  await sleep(1500);  // widgets render
+  const out = {seconds: (Date.now() - t0) / 1000, settled: quiet >= 8, running: [], errors: [],
+               widgets: []};
+  nb.widgets.forEach((cell, i) => {
+    if (cell.model.type !== 'code') return;
+    if (cell.model.executionState === 'running') out.running.push(i);
+    for (const o of cell.model.outputs.toJSON())
+      if (o.output_type === 'error')
+        out.errors.push({cell: i, text: `${o.ename}: ${o.evalue}`.split('\\n')[0].slice(0, 200),
+                         lines: (o.traceback || []).length});
+    const text = cell.outputArea ? cell.outputArea.node.innerText : '';
+    for (const bad of ['Error displaying widget', 'Error rendering', 'Loading widget...'])
+      if (text.includes(bad)) out.widgets.push({cell: i, text: bad});
+  });
+  const first = out.running[0] ?? (out.errors[0] || out.widgets[0] || {}).cell;
+  if (first !== undefined) await nb.scrollToItem(first, 'start');
+  return JSON.stringify(out);
+})
+"""
+
+CLOSE = """
+(async () => { const w = window._checked; await w.sessionContext.shutdown();
+               w.context.model.dirty = false; w.dispose(); return true; })()
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+
+class LabBrowser(Browser):
+    """tools/check_browser.py's headless Chromium, allowed to reach this machine's JupyterLab.
+
+    (That one resolves no host name at all, 127.0.0.1 included; this one reaches 127.0.0.1
+    only: every other host name still fails to resolve.)
+    """
+
+    def __init__(self) -> None:  # noqa: D107 (Browser.__init__ with one launch flag changed)
+        self.executable = find_browser()
+        if not self.executable or shutil.which(self.executable) is None:
+            raise RuntimeError("no Chromium found: install it (apt-get install chromium) or set "
+                               "CHROMIUM=/path/to/chrome")
+        self.profile = Path(tempfile.mkdtemp(prefix="check-lab-browser-"))
+        self.log = open(self.profile / "browser.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [self.executable, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", "--disable-extensions", "--no-first-run",
+             "--no-default-browser-check", "--mute-audio", "--disable-dev-shm-usage",
+             # a long run must not be slowed down as a tab in the background would be
+             "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+             "--disable-backgrounding-occluded-windows",
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        try:
+            self.devtools = DevTools(self._devtools_url())
+        except BaseException:
+            self.close()
+            raise
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """A headless JupyterLab on ROOT that never saves: autosave off, its own settings."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="check-lab-"))
+        settings = self.home / "settings" / "@jupyterlab" / "docmanager-extension"
+        settings.mkdir(parents=True)
+        (settings / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
+        news = self.home / "settings" / "@jupyterlab" / "apputils-extension"
+        news.mkdir(parents=True)
+        (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
+                   f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={ROOT}",
+                   "--LabApp.expose_app_in_browser=True",
+                   f"--LabApp.user_settings_dir={self.home / 'settings'}",
+                   f"--LabApp.workspaces_dir={self.home / 'workspaces'}",
+                   # the checkpoints JupyterLab makes on opening go here, not next to the notebook
+                   f"--FileCheckpoints.checkpoint_dir={self.home / 'checkpoints'}"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command.append("--allow-root")
+        self.log = open(self.home / "lab.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log,
+                                        stderr=self.log, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                urllib.request.urlopen(f"{self.url('api/status')}", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        log = (self.home / "lab.log").read_text(errors="replace")[-2000:]
+        self.close()
+        raise RuntimeError(f"JupyterLab did not start:\n{log}")
+
+    def url(self, path: str = "lab") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def evaluate(dt, session: str, expression: str, timeout: float) -> object:
+    result = dt.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                          "returnByValue": True}, session, timeout=timeout)
+    if "exceptionDetails" in result:
+        details = result["exceptionDetails"]
+        raise RuntimeError(details.get("exception", {}).get("description") or details["text"])
+    return result["result"].get("value")
+
+
+def check_notebook(dt, session: str, rel: str, budget: float, shots: Path | None) -> list[str]:
+    learner_lab = rel.startswith("labs/") and "/solutions/" not in rel
+    opened = json.loads(evaluate(dt, session, f"{OPEN}({json.dumps(rel)})", 180))
+    problems = []
+    if opened["dirty"]:
+        problems.append("shows the unsaved-changes dot once its kernel has started")
+    problems += [f"cell {r['cell']}: raw MyST in rendered markdown: {r['text']!r}"
+                 for r in opened["raw"]]
+    problems += [f"cell {s['cell']}: a solution is visible without a click: {s['text']!r}"
+                 for s in opened["solutions"]]
+    try:
+        ran = json.loads(evaluate(dt, session, f"{RUN}({budget})", budget + 60))
+    except TimeoutError:
+        return [*problems, f"no answer from JupyterLab's page {budget + 60:.0f} s after Run All"]
+    problems += [f"cell {i}: still running after {budget:.0f} s" for i in ran["running"]]
+    if not ran["settled"] and not ran["running"]:
+        problems.append(f"the kernel was not idle for 2 s in a row within {budget:.0f} s")
+    if learner_lab:
+        first = ran["errors"][:1]
+        note = (f"stops at cell {first[0]['cell']}: {first[0]['text']} "
+                f"({first[0]['lines']} traceback lines)") if first else "runs to the end"
+        print(f"  {rel}: {note}")
+    else:
+        problems += [f"cell {e['cell']}: {e['text']}" for e in ran["errors"]]
+    problems += [f"cell {w['cell']}: widget: {w['text']}" for w in ran["widgets"]]
+    if shots:
+        shot = dt.call("Page.captureScreenshot", {"format": "png"}, session)
+        (shots / (rel.replace("/", "__") + ".png")).write_bytes(b64decode(shot["data"]))
+    evaluate(dt, session, CLOSE, 60)
+    print(f"  {rel}: ran in {ran['seconds']:.0f} s, {len(problems)} problem(s)")
+    return problems
+
+
+def default_notebooks() -> list[str]:
+    found = sorted((ROOT / "chapters").glob("*.ipynb")) + sorted((ROOT / "labs").glob("*.ipynb"))
+    return [p.relative_to(ROOT).as_posix() for p in found]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="repository paths (default: all)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds per notebook")
+    parser.add_argument("--shots", type=Path, help="save a screenshot of each notebook here")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or default_notebooks()
+    if args.shots:
+        args.shots.mkdir(parents=True, exist_ok=True)
+    failures: dict[str, list[str]] = {}
+    lab = Lab()
+    try:
+        with LabBrowser() as browser:
+            dt = browser.devtools
+            target = dt.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = dt.call("Target.attachToTarget",
+                              {"targetId": target, "flatten": True})["sessionId"]
+            dt.call("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900,
+                    "deviceScaleFactor": 1, "mobile": False}, session)
+            dt.call("Page.bringToFront", {}, session)
+            dt.call("Emulation.setFocusEmulationEnabled", {"enabled": True}, session)
+            dt.call("Page.navigate", {"url": lab.url()}, session)
+            deadline = time.monotonic() + 180
+            while not evaluate(dt, session, WAIT_APP, 180):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab's page did not start at {lab.url()}")
+                time.sleep(0.5)
+            for rel in paths:
+                rel = Path(rel).resolve().relative_to(ROOT).as_posix()
+                found = check_notebook(dt, session, rel, args.budget, args.shots)
+                if found:
+                    failures[rel] = found
+    finally:
+        lab.close()
+    for rel, found in failures.items():
+        print(f"{rel}:")
+        for problem in found:
+            print(f"  {problem}")
+    print(f"check_lab: {len(paths)} notebook(s), {len(failures)} with problems")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
