@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run seeds other than 0 only for these (default: every notebook)")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run at once (default 2)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of each kernel (default 1, as make test)")
+                        help="OMP_NUM_THREADS of each kernel (default 1, as make test's pytest)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell (default 900)")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "portability.md",
                         help="where to write the table (default _build/portability.md)")

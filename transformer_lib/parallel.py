@@ -46,7 +46,10 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, folde
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
     try:
-        torch.save(fn(rank, world_size, *args), Path(folder) / f"rank{rank}.pt")
+        result, path = fn(rank, world_size, *args), Path(folder) / f"rank{rank}.pt"
+        torch.save(result, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # a result file is whole or absent
+        dist.barrier()  # every rank has its result before any tears the group down
     finally:
         dist.destroy_process_group()
 
@@ -66,8 +69,15 @@ def launch(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]
         raise ValueError(f"fn must be a top-level function of an importable module (the child "
                          f"processes import it by name), got {fn!r}")
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_worker, args=(fn, world_size, free_port(), folder, args),
-                           nprocs=world_size, start_method="spawn")
+        try:
+            mp.start_processes(_worker, args=(fn, world_size, free_port(), folder, args),
+                               nprocs=world_size, start_method="spawn")
+        except mp.ProcessExitedException:
+            # A process can abort in its exit, after the barrier (gloo's and FSDP's threads
+            # at shutdown: "terminate called without an active exception", seen now and then).
+            # With every rank's result written whole, the work is done; otherwise it failed.
+            if not all((Path(folder) / f"rank{rank}.pt").is_file() for rank in range(world_size)):
+                raise
         return [torch.load(Path(folder) / f"rank{rank}.pt", weights_only=True)
                 for rank in range(world_size)]
 
