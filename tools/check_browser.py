@@ -285,7 +285,10 @@ def find_browser() -> str | None:
 class Browser:
     """Headless Chromium with a DevTools port, its profile in a temporary folder."""
 
-    def __init__(self, executable: str | None = None):
+    def __init__(self, executable: str | None = None, reach: tuple[str, ...] = (),
+                 flags: tuple[str, ...] = ()):
+        """``reach``: the host names that still resolve (none by default, 127.0.0.1 included);
+        ``flags``: more command-line switches for Chromium."""
         self.executable = executable or find_browser()
         if not self.executable:
             raise RuntimeError("no Chromium found: install it (apt-get install chromium) or set "
@@ -303,7 +306,8 @@ class Browser:
              "--disable-dev-shm-usage",  # containers often have a small /dev/shm
              "--disable-features=Translate,MediaRouter,OptimizationHints",
              # a second lock on the network, under the DevTools one: no host name resolves
-             "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--host-resolver-rules=MAP * ~NOTFOUND"
+             + "".join(f", EXCLUDE {host}" for host in reach), *flags,
              "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         try:

@@ -42,7 +42,7 @@ import urllib.request
 from base64 import b64decode
 from pathlib import Path
 
-from check_browser import Browser, DevTools, find_browser
+from check_browser import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 300.0
@@ -139,36 +139,16 @@ CLOSE = """
 
 # ---------------------------------------------------------------------------------------------
 
-class LabBrowser(Browser):
+def lab_browser() -> Browser:
     """tools/check_browser.py's headless Chromium, allowed to reach this machine's JupyterLab.
 
     (That one resolves no host name at all, 127.0.0.1 included; this one reaches 127.0.0.1
-    only: every other host name still fails to resolve.)
+    only: every other host name still fails to resolve.) A long run must not be slowed down as
+    a tab in the background would be.
     """
-
-    def __init__(self) -> None:  # noqa: D107 (Browser.__init__ with one launch flag changed)
-        self.executable = find_browser()
-        if not self.executable or shutil.which(self.executable) is None:
-            raise RuntimeError("no Chromium found: install it (apt-get install chromium) or set "
-                               "CHROMIUM=/path/to/chrome")
-        self.profile = Path(tempfile.mkdtemp(prefix="check-lab-browser-"))
-        self.log = open(self.profile / "browser.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [self.executable, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--disable-extensions", "--no-first-run",
-             "--no-default-browser-check", "--mute-audio", "--disable-dev-shm-usage",
-             # a long run must not be slowed down as a tab in the background would be
-             "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-             "--disable-backgrounding-occluded-windows",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        try:
-            self.devtools = DevTools(self._devtools_url())
-        except BaseException:
-            self.close()
-            raise
+    return Browser(reach=("127.0.0.1",), flags=(
+        "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows"))
 
 
 def free_port() -> int:
@@ -285,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, list[str]] = {}
     lab = Lab()
     try:
-        with LabBrowser() as browser:
+        with lab_browser() as browser:
             dt = browser.devtools
             target = dt.call("Target.createTarget", {"url": "about:blank"})["targetId"]
             session = dt.call("Target.attachToTarget",
