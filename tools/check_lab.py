@@ -8,13 +8,17 @@ check opens it as a learner does, waits for its kernel, then fails on:
   the committed form must be the one JupyterLab keeps; ``tools/notebooks.py`` writes it);
 * **raw MyST**: directive or role syntax (a fence with ``{name}``, ``{cite}`` and the like,
   ``:label:`` / ``:class:`` lines) in the text of a rendered markdown cell;
-* **visible solutions**: a code cell between ``{solution-start}`` and ``{solution-end}`` whose
-  input is shown before the learner opens it (``metadata.jupyter.source_hidden`` folds it);
+* **visible solutions**: an exercise's solution (the code cells after a markdown cell tagged
+  ``solution``, "#### Solution to exercise C.K", and any code cell right after an exercise) that
+  is not hidden under its collapsed heading (``book/_ext/plain_notebooks.py`` has the form);
 
 then runs every cell from the browser (Run > Run All Cells) and fails on:
 
-* **kernel errors** in a chapter (a learner lab is expected to stop at its first check: the
-  first line of that error is reported, not failed on);
+* **kernel errors** in a chapter;
+* **a learner lab that does not stop at its first check**, or whose error there does not show the
+  check's verdict as its first line (``NotImplementedError: check_...``), in at most
+  ``MAX_TRACEBACK_LINES`` lines: the learner's own line, none of the package's frames;
+* **solutions shown by running them** (JupyterLab unfolds a cell it makes active);
 * **a cell still running** after the notebook's budget (``--budget``, seconds);
 * **widgets** that render an error or are still loading.
 
@@ -23,7 +27,9 @@ Usage::
     python tools/check_lab.py [chapters/01_attention.ipynb ...] [--budget 300] [--shots DIR]
 
 Without notebooks: every chapter and every learner lab. ``--shots`` saves a screenshot of each
-notebook at its first problem (else at its end). Needs Chromium, as tools/check_browser.py does.
+notebook at its first problem (else at its end). Needs Chromium, as tools/check_browser.py does;
+``--if-available`` passes without one (unless ``REQUIRE_BROWSER=1``, as in CI). ``make test``
+runs it on every notebook, with the baseline CPU kernels (see the Makefile).
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ import urllib.request
 from base64 import b64decode
 from pathlib import Path
 
-from check_browser import Browser
+from check_browser import Browser, find_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 300.0
+MAX_TRACEBACK_LINES = 3
 
 # ---------------------------------------------------------------------------------------------
 # JavaScript run in JupyterLab's page (the app is exposed as window.jupyterapp).
@@ -57,6 +64,30 @@ WAIT_APP = """
   await window.jupyterapp.restored;
   return true;
 })()
+"""
+
+# The code cells of an exercise's solution: those after a markdown cell tagged "solution" (a
+# heading, "#### Solution to exercise C.K", collapsed in the committed notebook), up to the next
+# markdown cell. Each one must be hidden, and a code cell right after an exercise must be one.
+SOLUTIONS = """
+window._visibleSolutions = (nb) => {
+  const tags = cell => cell.model.getMetadata('tags') || [];
+  const found = [];
+  let inSolution = false, afterExercise = false;
+  nb.widgets.forEach((cell, i) => {
+    if (cell.model.type === 'markdown') {
+      inSolution = tags(cell).includes('solution');
+      if (inSolution && !cell.headingCollapsed)
+        found.push({cell: i, text: 'its heading is not collapsed'});
+      afterExercise = tags(cell).includes('exercise');
+    } else if ((inSolution || afterExercise) && !cell.isHidden) {
+      const first = cell.model.sharedModel.getSource().split('\\n')[0].slice(0, 80);
+      found.push({cell: i, text: first});
+    }
+  });
+  return found;
+};
+true
 """
 
 OPEN = """
@@ -74,25 +105,19 @@ OPEN = """
                raw: [], solutions: []};
   const RAW = [/`{3,}\\s*\\{[\\w-]+\\}/, /\\{(cite|cite:\\w+|ref|numref|doc|eq|term|download)\\}/,
                /^\\s*:(label|class|name|tags):/m, /\\{(solution|exercise)-(start|end)\\}/];
-  let inSolution = false;
+  // every cell is rendered at once (windowingMode "none" in this check's settings)
+  for (const cell of nb.widgets) if (cell.model.type === 'markdown') cell.rendered = true;
+  await sleep(500);
   for (let i = 0; i < nb.widgets.length; i++) {
     const cell = nb.widgets[i];
-    const source = cell.model.sharedModel.getSource();
-    if (cell.model.type === 'markdown') {
-      cell.rendered = true;
-      await nb.scrollToItem(i);
-      let text = '';
-      for (let t = 0; t < 20 && !text.trim(); t++) { await sleep(50); text = cell.node.innerText; }
-      const hit = RAW.map(re => text.match(re)).find(m => m);
-      if (hit)
-        out.raw.push({cell: i, text: text.slice(Math.max(0, hit.index - 20), hit.index + 60)});
-      const start = source.lastIndexOf('{solution-start}');
-      const end = source.lastIndexOf('{solution-end}');
-      if (start >= 0 || end >= 0) inSolution = start > end;
-    } else if (cell.model.type === 'code' && inSolution && !cell.inputHidden) {
-      out.solutions.push({cell: i, text: source.split('\\n')[0].slice(0, 80)});
-    }
+    if (cell.model.type !== 'markdown') continue;
+    let text = cell.node.innerText;
+    for (let t = 0; t < 40 && !text.trim(); t++) { await sleep(50); text = cell.node.innerText; }
+    const hit = RAW.map(re => text.match(re)).find(m => m);
+    if (hit)
+      out.raw.push({cell: i, text: text.slice(Math.max(0, hit.index - 20), hit.index + 60)});
   }
+  out.solutions = window._visibleSolutions(nb);
   return JSON.stringify(out);
 })
 """
@@ -120,11 +145,18 @@ RUN = """
     for (const o of cell.model.outputs.toJSON())
       if (o.output_type === 'error')
         out.errors.push({cell: i, text: `${o.ename}: ${o.evalue}`.split('\\n')[0].slice(0, 200),
-                         lines: (o.traceback || []).length});
+                         lines: (o.traceback || []).length,
+                         // what the learner sees first in the cell's output
+                         shown: (cell.outputArea ? cell.outputArea.node.innerText : '')
+                                  .trim().split('\\n')[0].slice(0, 200)});
     const text = cell.outputArea ? cell.outputArea.node.innerText : '';
     for (const bad of ['Error displaying widget', 'Error rendering', 'Loading widget...'])
       if (text.includes(bad)) out.widgets.push({cell: i, text: bad});
   });
+  const isCheck = /^\\s*checks\\.check_\\w+\\(/m;
+  out.firstCheck = nb.widgets.findIndex(
+    c => c.model.type === 'code' && isCheck.test(c.model.sharedModel.getSource()));
+  out.solutions = window._visibleSolutions(nb);
   const first = out.running[0] ?? (out.errors[0] || out.widgets[0] || {}).cell;
   if (first !== undefined) await nb.scrollToItem(first, 'start');
   return JSON.stringify(out);
@@ -168,6 +200,11 @@ class Lab:
         news = self.home / "settings" / "@jupyterlab" / "apputils-extension"
         news.mkdir(parents=True)
         (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+        # every cell rendered at once, so that a markdown cell's text can be read without
+        # scrolling to it (JupyterLab's default renders cells as they come into view)
+        tracker = self.home / "settings" / "@jupyterlab" / "notebook-extension"
+        tracker.mkdir(parents=True)
+        (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
         self.port, self.token = free_port(), secrets.token_hex(16)
         command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
                    f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={ROOT}",
@@ -233,18 +270,41 @@ def check_notebook(dt, session: str, rel: str, budget: float, shots: Path | None
     if not ran["settled"] and not ran["running"]:
         problems.append(f"the kernel was not idle for 2 s in a row within {budget:.0f} s")
     if learner_lab:
-        first = ran["errors"][:1]
-        note = (f"stops at cell {first[0]['cell']}: {first[0]['text']} "
-                f"({first[0]['lines']} traceback lines)") if first else "runs to the end"
-        print(f"  {rel}: {note}")
+        problems += learner_lab_stop(ran)
     else:
         problems += [f"cell {e['cell']}: {e['text']}" for e in ran["errors"]]
     problems += [f"cell {w['cell']}: widget: {w['text']}" for w in ran["widgets"]]
+    problems += [f"cell {s['cell']}: after Run All, a solution is visible without a click: "
+                 f"{s['text']!r}" for s in ran["solutions"]]
     if shots:
         shot = dt.call("Page.captureScreenshot", {"format": "png"}, session)
         (shots / (rel.replace("/", "__") + ".png")).write_bytes(b64decode(shot["data"]))
     evaluate(dt, session, CLOSE, 60)
     print(f"  {rel}: ran in {ran['seconds']:.0f} s, {len(problems)} problem(s)")
+    return problems
+
+
+def learner_lab_stop(ran: dict) -> list[str]:
+    """A learner lab run as it is committed must stop at its first check cell, and the first
+    line the learner sees there must be the check's verdict (not a traceback), in at most
+    ``MAX_TRACEBACK_LINES`` lines."""
+    if ran["firstCheck"] < 0:
+        return ["has no check cell (a cell calling checks.check_...)"]
+    if not ran["errors"]:
+        return ["runs to the end: it should stop at its first check, whose exercise is not done"]
+    error = ran["errors"][0]
+    print(f"  stops at cell {error['cell']}: {error['shown']!r} "
+          f"({error['lines']} traceback lines)")
+    problems = []
+    if error["cell"] != ran["firstCheck"]:
+        problems.append(f"stops at cell {error['cell']}, not at its first check (cell "
+                        f"{ran['firstCheck']}): {error['text']}")
+    if not error["shown"].startswith(("NotImplementedError: check_", "AssertionError: check_")):
+        problems.append(f"cell {error['cell']}: the learner first sees {error['shown']!r}, not "
+                        f"the check's verdict ({error['text']!r})")
+    if error["lines"] > MAX_TRACEBACK_LINES:
+        problems.append(f"cell {error['cell']}: {error['lines']} traceback lines (at most "
+                        f"{MAX_TRACEBACK_LINES}: the verdict and the learner's own line)")
     return problems
 
 
@@ -258,7 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="repository paths (default: all)")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds per notebook")
     parser.add_argument("--shots", type=Path, help="save a screenshot of each notebook here")
+    parser.add_argument("--if-available", action="store_true",
+                        help="without Chromium, say so and pass (unless REQUIRE_BROWSER=1, as in "
+                             "CI): `make test` on a machine without a browser")
     args = parser.parse_args(argv)
+    if args.if_available and find_browser() is None and os.environ.get("REQUIRE_BROWSER") != "1":
+        print("check_lab: no Chromium on this machine, notebooks not run in JupyterLab "
+              "(apt-get install chromium, or CHROMIUM=/path/to/chrome; CI requires it)")
+        return 0
     paths = args.notebooks or default_notebooks()
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
@@ -280,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"JupyterLab's page did not start at {lab.url()}")
                 time.sleep(0.5)
+            evaluate(dt, session, SOLUTIONS, 10)
             for rel in paths:
                 rel = Path(rel).resolve().relative_to(ROOT).as_posix()
                 found = check_notebook(dt, session, rel, args.budget, args.shots)
