@@ -10,7 +10,7 @@ SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/
 
 help:
 	@echo "make book    build the HTML book into _build/html"
-	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build, browser check)"
+	@echo "make test    run every check (lint, sync, hygiene, pytest + nbval, strict book build, browser checks)"
 	@echo "make check-browser  build the book, then open every page in headless Chromium, offline (needs chromium)"
 	@echo "make lab     open JupyterLab on the repository"
 	@echo "make check-lab  open every chapter and learner lab in JupyterLab in headless Chromium and run it (needs chromium)"
@@ -29,14 +29,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# The book shows each notebook as nbval last ran it (tools/book_cache.py hands those runs, kept
+# in _build/executed/ by conftest.py, to Jupyter Book's execution cache) and runs the rest itself.
 book: setup
+	$(BIN)/python tools/book_cache.py
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(BIN)/python tools/check_html.py
 	@echo
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
+# From nothing but nbval's kept runs: every other build output is removed first.
 book-clean: setup
-	rm -rf _build
+	@mkdir -p _build && find _build -mindepth 1 -maxdepth 1 ! -name executed -exec rm -rf {} +
+	$(BIN)/python tools/book_cache.py
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS)
 	$(BIN)/python tools/check_html.py
 
@@ -49,8 +54,9 @@ check-browser: book
 
 # Every chapter and learner lab opened in JupyterLab in headless Chromium, as a learner does, and
 # run from the browser: fails on the unsaved-changes dot, raw MyST in rendered markdown, solutions
-# shown without a click, kernel errors in a chapter, cells past their budget, widget errors
-# (tools/check_lab.py). Not part of `make test`. NOTEBOOKS=chapters/01_attention.ipynb for one.
+# shown without a click (before or after Run All), kernel errors in a chapter, cells past their
+# budget, widget errors, a learner lab that does not stop at its first check with the check's
+# verdict first (tools/check_lab.py). NOTEBOOKS=chapters/01_attention.ipynb for one.
 check-lab: setup
 	$(BIN)/python tools/check_lab.py $(NOTEBOOKS)
 
@@ -67,28 +73,30 @@ check-notebooks: setup
 	$(BIN)/python tools/notebooks.py --check
 
 # Running the notebooks: pytest runs two at a time (two workers), one thread each, so that
-# two-thread kernels do not stall each other. The book runs them one at a time, so it keeps
-# PyTorch's default of one thread per core (the training chapters take about 40% less time on
-# two cores); `make lab` and `make bench` keep the default too.
+# two-thread kernels do not stall each other. check-lab and the book (for a notebook nbval has not
+# run) run them one at a time, so they keep PyTorch's default of one thread per core (the
+# training chapters take about 40% less time on two cores); `make lab` and `make bench` too.
 pytest: export OMP_NUM_THREADS ?= 1
-# A progress bar in a notebook is a widget, which a static page can only show blank: the book
-# builds without them (tqdm reads TQDM_DISABLE); JupyterLab and nbval keep them.
-book book-clean: export TQDM_DISABLE ?= 1
+# A progress bar in a notebook is a widget, which a static page can only show blank: nbval's runs,
+# which the book shows, and the book's own runs go without them (tqdm reads TQDM_DISABLE);
+# JupyterLab keeps them, and check-lab sees them there.
+pytest book book-clean: export TQDM_DISABLE ?= 1
 
 pytest: setup
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
-# `make test` covers two families of CPU kernels at no extra cost: pytest runs the notebooks with
-# this machine's own kernels, the book build runs them again with PyTorch's unvectorized kernels
-# and AVX2-only matmuls (the `baseline` selection of tools/portability.py), with a torch.compile
-# cache of its own: the default cache does not tell kernel selections apart, and code compiled
-# for this machine's kernels fails to build under the baseline ones.
+# `make test` runs each chapter twice, under two families of CPU kernels: pytest (nbval) with this
+# machine's own kernels, and check-lab, in JupyterLab, with PyTorch's unvectorized kernels and
+# AVX2-only matmuls (the `baseline` selection of tools/portability.py), with a torch.compile cache
+# of its own: the default cache does not tell kernel selections apart, and code compiled for this
+# machine's kernels fails to build under the baseline ones. The book shows nbval's runs.
 BASELINE_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 	TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/_build/.inductor-baseline
 
 test: lint check-export check-labs check-notebooks pytest
-	env $(BASELINE_KERNELS) $(MAKE) --no-print-directory book-clean
+	$(MAKE) --no-print-directory book-clean
 	$(BIN)/python tools/check_browser.py --if-available
+	env $(BASELINE_KERNELS) $(BIN)/python tools/check_lab.py --if-available
 	@echo "make test: all checks passed"
 
 export: setup
