@@ -53,3 +53,31 @@ def test_plot_masks_rejects_what_is_not_a_mask():
         viz.plot_masks({})
     with pytest.raises(ValueError, match="mask 'm' must be a 2-d bool tensor"):
         viz.plot_masks({"m": torch.ones(3, 3)})
+
+
+def test_interact_figure_shows_the_figure_draw_returns_and_redraws_on_a_change(monkeypatch):
+    """The panel displays ``draw``'s figure (ipywidgets' interactive shows a return value only
+    with auto_display) at once and again after a control changes; labels fit the longest name."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    from ipywidgets.widgets import interaction
+
+    shown = []
+    monkeypatch.setattr(interaction, "display", shown.append)
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: None)  # the panel itself
+    figures = []
+
+    def draw(temperature=1.0, kind="a"):
+        fig = Figure()
+        fig.text(0.5, 0.5, f"{kind} {temperature}")
+        figures.append(fig)
+        return fig
+
+    returned = viz.interact_figure(draw, temperature=(0.1, 2.0, 0.1), kind=["a", "b"])
+    panel = returned.widget
+    assert isinstance(panel, ipywidgets.interactive)
+    assert shown == figures[:1] and len(figures) == 1  # the first figure, shown once
+    panel.kwargs_widgets[0].value = 1.5
+    assert len(figures) == 2 and shown == figures  # redrawn and shown again
+    widths = {w.style.description_width for w in panel.kwargs_widgets}
+    assert widths == {viz._widget_label_width(len("temperature"))}

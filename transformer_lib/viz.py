@@ -203,7 +203,9 @@ def interact_figure(draw: Callable[..., Figure], **controls):
     from IPython.display import display
     from ipywidgets import interactive  # optional dependency: imported only for widgets
 
-    panel = interactive(draw, **controls)
+    # what ipywidgets.interact passes: without auto_display the panel never shows the figure
+    # that ``draw`` returns (our figures are built without pyplot, so nothing else shows them)
+    panel = interactive(draw, {"manual": False, "auto_display": True}, **controls)
     labelled = [w for w in panel.kwargs_widgets
                 if getattr(w, "description", "") and hasattr(getattr(w, "style", None),
                                                              "description_width")]
