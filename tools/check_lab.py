@@ -18,9 +18,13 @@ then runs every cell from the browser (Run > Run All Cells) and fails on:
 * **a learner lab that does not stop at its first check**, or whose error there does not show the
   check's verdict as its first line (``NotImplementedError: check_...``), in at most
   ``MAX_TRACEBACK_LINES`` lines: the learner's own line, none of the package's frames;
-* **solutions shown by running them** (JupyterLab unfolds a cell it makes active);
+* **solutions shown by running them**: Run All leaves the solutions folded, unless it ends on
+  one (JupyterLab unfolds the section of the cell it makes active, so stepping onto a solution
+  with Shift+Enter opens it: the chapters say so, and end with a cell after the last solution);
 * **a cell still running** after the notebook's budget (``--budget``, seconds);
-* **widgets** that render an error or are still loading.
+* **widgets** that render an error or are still loading;
+* **interactive figures** (ipywidgets' interact panels) that show nothing under their controls,
+  or do not redraw within ``REDRAW_S`` seconds of a step of their first slider.
 
 Usage::
 
@@ -53,6 +57,7 @@ from check_browser import Browser, find_browser
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 300.0
 MAX_TRACEBACK_LINES = 3
+REDRAW_S = 20.0  # seconds an interactive figure may take to redraw after a slider step
 
 # ---------------------------------------------------------------------------------------------
 # JavaScript run in JupyterLab's page (the app is exposed as window.jupyterapp).
@@ -163,6 +168,43 @@ RUN = """
 })
 """
 
+# Each interact panel (ipywidgets' "widget-interact", as viz.interact_figure makes): it must show
+# something (a figure or text) under its controls, and a step of its first slider (the arrow key a
+# learner would press) must redraw its figure within ``wait`` seconds.
+WIDGETS = """
+(async (wait) => {
+  const nb = window._checked.content;
+  const sleep = ms => new Promise(done => setTimeout(done, ms));
+  const found = [];
+  for (let i = 0; i < nb.widgets.length; i++) {
+    const cell = nb.widgets[i];
+    if (cell.model.type !== 'code' || !cell.outputArea || cell.isHidden) continue;
+    for (const panel of cell.outputArea.node.querySelectorAll('.widget-interact')) {
+      await nb.scrollToItem(i, 'start');
+      await sleep(200);
+      const out = panel.querySelector('.widget-output');
+      const image = () => { const img = out && out.querySelector('img'); return img && img.src; };
+      const before = image();
+      if (!before && !(out && out.innerText.trim())) {
+        found.push({cell: i, problem: 'the panel shows nothing under its controls'});
+        continue;
+      }
+      const handle = panel.querySelector('.noUi-handle');
+      if (!before || !handle) { found.push({cell: i, seconds: null}); continue; }
+      const t0 = Date.now();
+      handle.focus();
+      handle.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight', code: 'ArrowRight',
+                                                          keyCode: 39, bubbles: true}));
+      while (image() === before && Date.now() - t0 < wait * 1000) await sleep(100);
+      const after = image();
+      found.push(after && after !== before ? {cell: i, seconds: (Date.now() - t0) / 1000}
+                 : {cell: i, problem: `no new figure ${wait} s after a step of its first slider`});
+    }
+  }
+  return JSON.stringify(found);
+})
+"""
+
 CLOSE = """
 (async () => { const w = window._checked; await w.sessionContext.shutdown();
                w.context.model.dirty = false; w.dispose(); return true; })()
@@ -270,12 +312,19 @@ def check_notebook(dt, session: str, rel: str, budget: float, shots: Path | None
     if not ran["settled"] and not ran["running"]:
         problems.append(f"the kernel was not idle for 2 s in a row within {budget:.0f} s")
     if learner_lab:
-        problems += learner_lab_stop(ran)
+        problems += learner_lab_stop(rel, ran)
     else:
         problems += [f"cell {e['cell']}: {e['text']}" for e in ran["errors"]]
     problems += [f"cell {w['cell']}: widget: {w['text']}" for w in ran["widgets"]]
     problems += [f"cell {s['cell']}: after Run All, a solution is visible without a click: "
                  f"{s['text']!r}" for s in ran["solutions"]]
+    panels = json.loads(evaluate(dt, session, f"{WIDGETS}({REDRAW_S})", 60 + 2 * REDRAW_S * 20))
+    problems += [f"cell {p['cell']}: interactive figure: {p['problem']}" for p in panels
+                 if "problem" in p]
+    redraws = [f"{p['seconds']:.1f} s" for p in panels if p.get("seconds") is not None]
+    if redraws:
+        print(f"  {rel}: {len(redraws)} interactive figure(s) redrawn after a slider step in "
+              + ", ".join(redraws))
     if shots:
         shot = dt.call("Page.captureScreenshot", {"format": "png"}, session)
         (shots / (rel.replace("/", "__") + ".png")).write_bytes(b64decode(shot["data"]))
@@ -284,7 +333,7 @@ def check_notebook(dt, session: str, rel: str, budget: float, shots: Path | None
     return problems
 
 
-def learner_lab_stop(ran: dict) -> list[str]:
+def learner_lab_stop(rel: str, ran: dict) -> list[str]:
     """A learner lab run as it is committed must stop at its first check cell, and the first
     line the learner sees there must be the check's verdict (not a traceback), in at most
     ``MAX_TRACEBACK_LINES`` lines."""
@@ -293,7 +342,7 @@ def learner_lab_stop(ran: dict) -> list[str]:
     if not ran["errors"]:
         return ["runs to the end: it should stop at its first check, whose exercise is not done"]
     error = ran["errors"][0]
-    print(f"  stops at cell {error['cell']}: {error['shown']!r} "
+    print(f"  {rel}: stops at cell {error['cell']}: {error['shown']!r} "
           f"({error['lines']} traceback lines)")
     problems = []
     if error["cell"] != ran["firstCheck"]:
