@@ -14,7 +14,8 @@ How: this extension sets ``PYTHONSTARTUP`` to ``figure_text_startup.py`` (beside
 the build's environment, which every IPython kernel the build starts runs before the first cell;
 it calls :func:`install`. The repository's ``conftest.py`` does the same for the kernels nbval
 starts, since the book shows nbval's runs (``tools/book_cache.py``). Chapters, labs and
-``transformer_lib`` do nothing for it, and kernels started elsewhere (JupyterLab) are untouched. Hand-written; lives in ``book/_ext``.
+``transformer_lib`` do nothing for it, and kernels started elsewhere (JupyterLab) are untouched.
+Hand-written; lives in ``book/_ext``.
 """
 
 from __future__ import annotations
