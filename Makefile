@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
-SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext)
+SOURCES := $(wildcard transformer_lib tools tests chapters labs benchmarks book/_ext conftest.py)
 
 .PHONY: help setup book book-clean check-browser check-lab test lint check-export check-labs check-notebooks pytest export labs lab clean bench portability
 

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from conftest import load_tool
 
 pytest.importorskip("websocket")

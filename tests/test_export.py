@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ import os
 import stat
 
 import pytest
+
 from conftest import load_tool
 
 generated = load_tool("generated")

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
