@@ -50,10 +50,11 @@ def convert(cells: list[dict], chapter: int | None = 4) -> list[str]:
 
 
 def test_a_parenthesised_group_of_bib_links_is_a_citation(warnings):
-    text = (f"The paper {VASWANI} and two more ([Ba et al., 2016](https://arxiv.org/abs/1607.06450);"
+    text = (f"The paper {VASWANI} and three more ([Ba et al., 2016](https://arxiv.org/abs/1607.06450);"
+            " [Papineni et al., 2002](https://doi.org/10.3115/1073083.1073135);"
             " [Gage, 1994](../book/references.md#gage1994new)).")
-    assert convert([md(text)]) == [
-        "The paper {cite}`vaswani2017attention` and two more {cite}`ba2016layer,gage1994new`."]
+    assert convert([md(text)]) == ["The paper {cite}`vaswani2017attention` and three more "
+                                   "{cite}`ba2016layer,papineni2002bleu,gage1994new`."]
     assert warnings == []
 
 

@@ -8,8 +8,9 @@ these plain forms into MyST when the book reads a notebook (``source-read``: the
 the book runs and renders is the turned one; the file is not changed):
 
 * **Citations.** A parenthesised group of links, each to a ``book/references.bib`` entry's
-  ``url`` (or to ``../book/references.md#KEY`` for an entry without one) and each with the
-  entry's author-year label as its text, separated by "; "::
+  ``url`` or ``https://doi.org/`` + its ``doi`` (or to ``../book/references.md#KEY`` for an
+  entry with neither) and each with the entry's author-year label as its text, separated by
+  "; "::
 
       ([Vaswani et al., 2017](https://arxiv.org/abs/1706.03762))  ->  {cite}`vaswani2017attention`
 
@@ -66,6 +67,8 @@ def bibliography(app: Sphinx) -> tuple[dict[str, str], dict[str, str]]:
     for key, entry in entries.items():
         if url := entry.fields.get("url"):
             keys.setdefault(url, key)
+        if doi := entry.fields.get("doi"):
+            keys.setdefault(f"https://doi.org/{doi}", key)
     return keys, labels
 
 
