@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="without Chromium, say so and pass (unless REQUIRE_BROWSER=1, as in "
                              "CI): `make test` on a machine without a browser")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # a line per notebook as it is done, in CI's log
     if args.if_available and find_browser() is None and os.environ.get("REQUIRE_BROWSER") != "1":
         print("check_lab: no Chromium on this machine, notebooks not run in JupyterLab "
               "(apt-get install chromium, or CHROMIUM=/path/to/chrome; CI requires it)")
