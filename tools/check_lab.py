@@ -244,7 +244,9 @@ class Lab:
         (settings / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
         news = self.home / "settings" / "@jupyterlab" / "apputils-extension"
         news.mkdir(parents=True)
-        (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+        # no request for JupyterLab's news or for its newest version on PyPI
+        (news / "notification.jupyterlab-settings").write_text(
+            '{"fetchNews": "false", "checkForUpdates": false}')
         # every cell rendered at once, so that a markdown cell's text can be read without
         # scrolling to it (JupyterLab's default renders cells as they come into view)
         tracker = self.home / "settings" / "@jupyterlab" / "notebook-extension"
