@@ -110,13 +110,18 @@ def _full_grads(name):
     return out, x.grad, {n: p.grad for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["ffn", "ffn_relu"])
-def test_shard_feed_forward_outputs_and_gradients(ranks, name):
+def _every_rank_equals_one_process(rs, name):
+    """Each rank's output and input gradient equal one process's; that one's parameter grads."""
     out, x_grad, full = _full_grads(name)
-    rs = ranks[name]
     for r in rs:
         torch.testing.assert_close(r["out"], out, rtol=0, atol=TOL)
         torch.testing.assert_close(r["x_grad"], x_grad, rtol=0, atol=TOL)
+    return full
+
+
+@pytest.mark.parametrize("name", ["ffn", "ffn_relu"])
+def test_shard_feed_forward_outputs_and_gradients(ranks, name):
+    rs, full = ranks[name], _every_rank_equals_one_process(ranks[name], name)
     torch.testing.assert_close(torch.cat([r["grads"]["linear1.weight"] for r in rs]),
                                full["linear1.weight"], rtol=0, atol=TOL)
     torch.testing.assert_close(torch.cat([r["grads"]["linear2.weight"] for r in rs], 1),
@@ -132,11 +137,7 @@ def test_shard_feed_forward_outputs_and_gradients(ranks, name):
 
 @pytest.mark.parametrize("name", ["mha", "mha_gqa_rope"])
 def test_shard_attention_outputs_and_gradients(ranks, name):
-    out, x_grad, full = _full_grads(name)
-    rs = ranks[name]
-    for r in rs:
-        torch.testing.assert_close(r["out"], out, rtol=0, atol=TOL)
-        torch.testing.assert_close(r["x_grad"], x_grad, rtol=0, atol=TOL)
+    rs, full = ranks[name], _every_rank_equals_one_process(ranks[name], name)
     for n in full:
         if n.startswith("out_proj.weight"):
             got = torch.cat([r["grads"][n] for r in rs], 1)

@@ -24,13 +24,12 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
+from generated import write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = ROOT / "_build" / "executed"
@@ -53,18 +52,7 @@ def write_executed(nb: nbformat.NotebookNode, target: Path) -> None:
     """Write the executed notebook ``nb`` to ``target``, whole or not at all, stamped with the
     current fingerprint."""
     nb.metadata[META] = {"fingerprint": fingerprint()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # as any file written here, not mkstemp's owner-only mode
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(nbformat.writes(nb))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, nbformat.writes(nb))
 
 
 def fill_cache(executed: Path = EXECUTED, cache_dir: Path = CACHE,
