@@ -34,27 +34,19 @@ def _is_nbval_cell(item: pytest.Item) -> bool:
     return type(item).__name__ == "IPyNbCell" and hasattr(item.parent, "nb")
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
-    """How many code cells nbval will run in each notebook."""
-    counts: dict[str, int] = {}
-    for item in items:
-        if _is_nbval_cell(item):
-            counts[item.parent.nodeid] = counts.get(item.parent.nodeid, 0) + 1
-    config._executed_cells = counts  # type: ignore[attr-defined]
-    config._executed_runs = {}  # type: ignore[attr-defined]
+_RUNS: dict[str, dict[int, list | None]] = {}  # per notebook: each code cell's outputs
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.when == "call" and _is_nbval_cell(item):
-        runs = item.config._executed_runs.setdefault(item.parent.nodeid, {})
+        runs = _RUNS.setdefault(item.parent.nodeid, {})
         outputs = getattr(item, "test_outputs", None)
         runs[id(item.cell)] = copy.deepcopy(outputs) if report.passed and outputs is not None \
             else None
-        if len(runs) == item.config._executed_cells.get(item.parent.nodeid) and all(
-                out is not None for out in runs.values()):
+        code_cells = sum(cell.cell_type == "code" for cell in item.parent.nb.cells)
+        if len(runs) == code_cells and all(out is not None for out in runs.values()):
             _write(item.parent, runs)
     return report
 
